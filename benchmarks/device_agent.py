@@ -1,0 +1,119 @@
+"""One agent on the real micropython binary against a private Mosquitto: a fixed number of reports
+with one broker outage in the middle (the backlog is buffered on flash and replayed), observed and
+verified on CPython. Prints one JSON line last.
+
+    .venv/bin/python benchmarks/device_agent.py [--reports 2000] [--heap 80K] [--outage 2]
+
+Baselines measured in the same run: the agent's heap right after boot (idle) next to its high
+water, and the compact-JSON size of the very same reports next to the signed msgpack on the wire.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from protocol import messages as M
+from tests.firmware.harness import Agent, Observer, check_stream, make_flash
+from tests.support.broker import Broker
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reports", type=int, default=2000)
+    ap.add_argument("--heap", default=os.environ.get("IDU_TEST_HEAP", "80K"))
+    ap.add_argument("--outage", type=float, default=2.0, help="seconds the broker is down")
+    ap.add_argument("--speed", type=int, default=100, help="sim speed (reports per second)")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        broker = Broker(root / "broker", extra=["user root"] if os.geteuid() == 0 else [])
+        broker.start()
+        obs = Observer(broker.port, persistent=True).start()
+        dev = "ap-bench"
+        flash = make_flash(root, dev, broker.port, sim={"speed": args.speed, "seed": 5}, buffer=512)
+        agent = Agent(flash, heap=args.heap).start()
+        t0 = time.monotonic()
+        try:
+            obs.wait(lambda: obs.items(dev, "birth"), 30, "birth")
+            _, seq, _ = obs.command(dev, M.OP_DIAGNOSTICS)
+            idle = obs.ack_for(dev, seq).body[M.A_DATA]  # type: ignore[index]
+            obs.wait(lambda: len(check_stream(obs, dev)[0]) >= args.reports // 2, 120, "half")
+            broker.stop()
+            time.sleep(args.outage)
+            broker.start()
+            births = obs.wait(
+                lambda: len(obs.items(dev, "birth")) >= 2 and obs.items(dev, "birth"),
+                60,
+                "reconnect",
+            )
+            buffered = births[1].msg.body[M.B_BUFFERED]  # type: ignore[index]
+            obs.wait(lambda: len(check_stream(obs, dev)[0]) >= args.reports, 120, "all reports")
+            # stop reporting (interval one hour), then read the agent's own counters
+            _, seq, _ = obs.command(dev, M.OP_SET_CONFIG, {M.G_INTERVAL: 3600})
+            obs.ack_for(dev, seq)
+            _, seq, _ = obs.command(dev, M.OP_DIAGNOSTICS)
+            diag = obs.ack_for(dev, seq).body[M.A_DATA]  # type: ignore[index]
+            made = diag[12]
+            obs.wait(lambda: len(check_stream(obs, dev)[0]) >= made, 60, "the last reports")
+            elapsed = time.monotonic() - t0
+        except AssertionError:
+            print(agent.console()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            agent.kill()
+            obs.stop()
+            broker.stop()
+        memory_errors = agent.console().count("MemoryError")
+
+    order, dups = check_stream(obs, dev)
+    reps = obs.reports(dev)
+    payload = sum(s.size for s in reps) / len(reps)
+    topic_len = len(f"idu/1/porto/{dev}/rep")
+    remaining = 2 + topic_len + 2 + payload  # topic, packet id, payload
+    wire = 1 + (1 if remaining < 128 else 2) + remaining
+    as_json = sum(
+        len(
+            json.dumps(
+                {str(k): v for k, v in s.msg.body.items()},  # type: ignore[union-attr]
+                separators=(",", ":"),
+            )
+        )
+        for s in reps
+    ) / len(reps)
+    heap = diag[2]
+    print(
+        json.dumps(
+            {
+                "reports": made,
+                "received": len(order),
+                "duplicates": dups,
+                "lost": made - len({q for e, q in order if e == 1}),
+                "memory_errors": memory_errors,
+                "heap_high_water_bytes": diag[1],
+                "heap_peak_alloc_bytes": diag[14],
+                "heap_idle_bytes": idle[1],
+                "heapsize_bytes": heap,
+                "heap_headroom_bytes": heap - diag[1],
+                "bytes_on_wire_per_report": round(wire, 1),
+                "payload_bytes_per_report": round(payload, 1),
+                "json_metrics_bytes_per_report_baseline": round(as_json, 1),
+                "outage_s": args.outage,
+                "buffered_at_reconnect": buffered,
+                "reconnects": diag[6],
+                "elapsed_s": round(elapsed, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Prometheus metrics of one controller, in their own registry (several controllers can live in
+one process: tests, benchmarks). Names follow Prometheus conventions (_total, _seconds)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from controller.domain.ingest import REASONS
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.received = Counter(
+            "idufleet_messages_received", "MQTT messages received from devices", registry=r
+        )
+        self.stored = Counter(
+            "idufleet_messages_stored", "Messages newly stored (each exactly once)", registry=r
+        )
+        self.rows = Counter("idufleet_metric_rows_stored", "Metric samples stored", registry=r)
+        self.duplicates = Counter(
+            "idufleet_messages_duplicate",
+            "Messages already in the store (redelivery, a second controller)",
+            registry=r,
+        )
+        self.rejected = Counter(
+            "idufleet_messages_rejected", "Messages refused, by reason", ["reason"], registry=r
+        )
+        for reason in REASONS:
+            self.rejected.labels(reason)
+        self.batch_size = Histogram(
+            "idufleet_batch_messages",
+            "Messages per store commit",
+            buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500),
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "idufleet_batch_commit_seconds",
+            "Store commit latency",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "idufleet_store_errors", "Failed store commits (retried)", registry=r
+        )
+        self.commands = Counter(
+            "idufleet_commands_sent", "Commands published to devices", ["op"], registry=r
+        )
+        self.online = Gauge("idufleet_devices_online", "Devices currently online", registry=r)
+        self.known = Gauge("idufleet_devices_known", "Devices in the registry cache", registry=r)
+        self.mqtt_up = Gauge(
+            "idufleet_mqtt_connected", "1 while connected to the broker", registry=r
+        )
+
+    def bind(
+        self, online: Callable[[], float], known: Callable[[], float], up: Callable[[], float]
+    ) -> None:
+        self.online.set_function(online)
+        self.known.set_function(known)
+        self.mqtt_up.set_function(up)
+
+    def rejected_count(self, reason: str) -> float:
+        v = self.registry.get_sample_value("idufleet_messages_rejected_total", {"reason": reason})
+        return v or 0.0

@@ -1,0 +1,266 @@
+"""The controller's configuration: one schema with its defaults (the dataclasses below), read from
+TOML and then overridden by environment variables IDUFLEET_<SECTION>_<KEY>. Validated once at
+start; every error names the field and the fix. Secrets (passwords, tokens) are never logged."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.errors import ConfigError
+from protocol import ProtocolError
+from protocol.topics import check_id
+
+ENV_PREFIX = "IDUFLEET_"
+SECRET_FIELDS = {("mqtt", "password"), ("api", "token"), ("keys", "master_key")}
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password: str = ""
+    client_id: str = "idufleet-controller"
+    keepalive: int = 30
+    session_expiry: int = 86400  # seconds the broker keeps our session (and queues QoS 1) offline
+    shared_group: str = ""  # non-empty: subscribe as $share/<group>/... to split load
+    tls: bool = False
+    ca: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"mqtt.port {self.port} is not a TCP port; use 1..65535")
+        if self.session_expiry < 0:
+            raise ConfigError("mqtt.session_expiry must be >= 0 seconds")
+        if "/" in self.shared_group or "+" in self.shared_group or "#" in self.shared_group:
+            raise ConfigError("mqtt.shared_group must not contain / + or #")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    backend: str = "sqlite"
+    path: str = "var/idufleet.sqlite"  # sqlite only
+    dsn: str = "host=127.0.0.1 dbname=test"  # postgres only
+    schema: str = "idufleet"  # postgres only: everything lives in this schema
+    raw_retention_days: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("sqlite", "postgres"):
+            raise ConfigError(f"store.backend {self.backend!r}: use 'sqlite' or 'postgres'")
+        if not self.schema.replace("_", "").isalnum() or not self.schema[:1].isalpha():
+            raise ConfigError("store.schema must be letters, digits and _ starting with a letter")
+        if self.raw_retention_days <= 0:
+            raise ConfigError("store.raw_retention_days must be > 0")
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    master_key_file: str = "var/master.key"  # 64 hex digits; created by `idufleet serve --init`
+    master_key: str = ""  # 64 hex digits; set through IDUFLEET_KEYS_MASTER_KEY, wins over the file
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    batch_size: int = 500  # messages per store commit, whichever comes first with batch_ms
+    batch_ms: int = 100
+    offline_after: int = 180  # seconds without any message before a device is marked offline
+    reject_log_per_min: int = 30  # rejection log lines per minute (all are counted)
+    ack_after_commit: bool = True  # PUBACK only once stored: a crash loses nothing
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.batch_ms < 1:
+            raise ConfigError("ingest.batch_size and ingest.batch_ms must be >= 1")
+        if self.offline_after < 1:
+            raise ConfigError("ingest.offline_after must be >= 1 second")
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str = ""  # operator bearer token for write endpoints; empty disables them
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"api.port {self.port}: use 0 (any free port) .. 65535")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        if self.level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log.level: use debug, info, warning or error")
+
+
+# Porto's districts and neighbourhoods the fleet is deployed in: the allowed zones unless the
+# config's [fleet] zones says otherwise. Add to the config, not here, to open a new zone.
+DEFAULT_ZONES = (
+    "ribeira",
+    "baixa",
+    "boavista",
+    "campanha",
+    "foz",
+    "aldoar",
+    "aliados",
+    "antas",
+    "asprela",
+    "bolhao",
+    "bonfim",
+    "cedofeita",
+    "lordelo",
+    "massarelos",
+    "miragaia",
+    "nevogilde",
+    "paranhos",
+    "ramalde",
+    "se",
+)
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """What devices may be registered as. `zones` is the closed set of zone names accepted when a
+    device or claim token is created (a typo would otherwise open a zone of one); an empty list
+    accepts any well-formed zone name. Devices already registered are never re-checked."""
+
+    zones: tuple[str, ...] = DEFAULT_ZONES
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "zones", tuple(self.zones))  # a list from code is fine too
+        for z in self.zones:
+            try:
+                check_id(z, "zone")
+            except ProtocolError as e:
+                raise ConfigError(f"fleet.zones: {e.detail}") from None
+        if len(set(self.zones)) != len(self.zones):
+            raise ConfigError("fleet.zones lists a zone twice; keep each name once")
+
+
+@dataclass(frozen=True)
+class Config:
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+
+    def redacted(self) -> dict[str, dict[str, Any]]:
+        """The config as a dict with secrets replaced, for logs and `--check` output."""
+        out: dict[str, dict[str, Any]] = {}
+        for sec in dataclasses.fields(self):
+            d = dataclasses.asdict(getattr(self, sec.name))
+            for k in d:
+                if (sec.name, k) in SECRET_FIELDS and d[k]:
+                    d[k] = "***"
+            out[sec.name] = d
+        return out
+
+
+_SECTION_TYPES = {
+    "mqtt": MqttConfig,
+    "store": StoreConfig,
+    "keys": KeysConfig,
+    "ingest": IngestConfig,
+    "api": ApiConfig,
+    "log": LogConfig,
+    "fleet": FleetConfig,
+}
+
+
+def _convert(section: str, key: str, value: Any, want: str) -> Any:
+    """Coerce one value to the field's declared type; env strings are parsed, TOML types checked."""
+    where = f"{section}.{key}"
+    if want == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if want == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if want == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if want == "tuple[str, ...]":  # TOML array of strings; env: comma-separated ("" = empty)
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{where} must be a string, got {value!r}")
+
+
+def build(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Config from parsed TOML plus environment overrides. Raises ConfigError naming the field."""
+    env = os.environ if env is None else env
+    sections: dict[str, Any] = {}
+    for name in data:
+        if name not in _SECTION_TYPES:
+            raise ConfigError(f"unknown section [{name}]; known: {', '.join(_SECTION_TYPES)}")
+    for name, cls in _SECTION_TYPES.items():
+        raw = data.get(name, {})
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"[{name}] must be a table")
+        fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in fields:
+                raise ConfigError(f"unknown key {name}.{key}; known: {', '.join(sorted(fields))}")
+            values[key] = _convert(name, key, value, fields[key])
+        for key, want in fields.items():
+            env_name = f"{ENV_PREFIX}{name.upper()}_{key.upper()}"
+            if env_name in env:
+                values[key] = _convert(name, key, env[env_name], want)
+        sections[name] = cls(**values)
+    return Config(**sections)
+
+
+def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read a TOML file (None: defaults only) and apply environment overrides."""
+    if path is None:
+        return build({}, env)
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {p} not found; pass --config with an existing file"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    return build(data, env)

@@ -1,0 +1,72 @@
+"""Device bundles on the host: the claim bundle (identity still to come) and writing any bundle
+owner-only and all-or-nothing. The full bundle's fields are docs/DEVICE-CONFIG.md; a claim
+bundle has `claim: {id, secret}` and the bootstrap account instead of `device` and `key`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from controller.errors import ControllerError
+from controller.provisioning.tokens import IssuedToken
+
+
+class BundleError(ControllerError):
+    code = "bundle"
+
+
+def broker_block(
+    host: str,
+    port: int,
+    username: str,
+    password: str | None,
+    tls: bool = False,
+    ca: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "host": host,
+        "port": port,
+        "tls": tls,
+        "ca": ca,
+        "username": username,
+        "password": password,
+    }
+
+
+def claim_bundle(token: IssuedToken, broker: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The config.json a board is flashed with before it has an identity (firmware/claim.py
+    turns it into a full bundle). extra adds optional agent fields (interval, board, sim...)."""
+    cfg: dict[str, Any] = {
+        "site": token.site,
+        "zone": token.zone,
+        "kind": token.kind,
+        "claim": {"id": token.id, "secret": token.secret.hex()},
+        "broker": dict(broker),
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def write_bundle(path: Path, cfg: dict[str, Any]) -> Path:
+    """Write cfg as JSON with mode 0600, refusing to replace an existing file; a crash leaves
+    either no file or the whole file (written aside, then linked into place)."""
+    path = Path(path)
+    if path.exists():
+        raise BundleError(f"{path} exists: remove it or choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(cfg, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.link(tmp, path)
+    except FileExistsError:
+        raise BundleError(f"{path} exists: remove it or choose another --out") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,7 @@
+"""Broker security and device trust material: the project CA and certificates (ca), generated
+Mosquitto configs (broker_config) and runtime broker accounts (dynsec). Imports no controller
+domain or store code, so provisioning flows and the CLI can call it directly."""
+
+from controller.security.errors import SecurityError
+
+__all__ = ["SecurityError"]

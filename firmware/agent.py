@@ -1,0 +1,489 @@
+"""The device agent: four tasks over one MQTT link (connectivity, reporter, ring drain, downlink)
+plus housekeeping (watchdog, heap high-water, crash-loop clearing). Hardware is reached only
+through the board object boot.py picked. Boot-only and command-only code (boot.py, cmds.py) is
+imported when needed and unloaded after, to keep the resident code inside a 64 KiB heap."""
+
+import asyncio
+import gc
+import sys
+import time
+
+import backoff
+from link import Link, sleep_ms, wait_for_ms
+from micropython import const
+from ring import RingFile
+
+from protocol.codec import Writer
+from protocol.sealing import seal, write_head
+from protocol.sign import Signer
+
+# Wire numbers from protocol.messages, as const(): private consts cost no heap, while importing
+# the module costs its tables (tests/test_firmware_heap.py checks they match).
+_ACK = const(6)
+_A_CMD_EPOCH = const(0)
+_A_CMD_SEQ = const(1)
+_A_DATA = const(3)
+_A_RESULT = const(2)
+_BATCH = const(4)
+_BIRTH = const(1)
+_B_BOARD = const(1)
+_B_BOOT_REASON = const(2)
+_B_BUFFERED = const(7)
+_B_CONFIG_HASH = const(3)
+_B_FIRMWARE = const(0)
+_B_INTERVAL = const(6)
+_B_KIND = const(5)
+_B_SAFE_MODE = const(4)
+_DEATH = const(2)
+_DEATH_LOST = const(0)
+_DEATH_REBOOT = const(2)
+_D_REASON = const(0)
+_EVENT = const(5)
+_EV_BUFFER_DROPPED = const(1)
+_EV_SAFE_MODE = const(2)
+_E_CODE = const(0)
+_E_DATA = const(3)
+_E_SEVERITY = const(1)
+_E_TEXT = const(2)
+_REPORT = const(3)
+
+FIRMWARE = "idu-agent 0.1.0"
+STOPPED = const(0)
+CRASHED = const(70)  # a task died: main.py resets the board (exits 1 on the unix port)
+REBOOT = const(75)  # a reboot command: main.py restarts the agent
+
+_SLOT = const(448)  # ring slot: 2-byte length + one signed REPORT/BATCH payload
+_CMD_QUEUE = const(4)
+_HEALTH = (1, 2, 3, 5, 6)
+
+
+def unload(*names):
+    """Drop modules so their code can be collected (they are re-imported when next needed)."""
+    p = sys.modules.get("protocol")
+    for n in names:
+        sys.modules.pop(n, None)
+        if p is not None and n.startswith("protocol.") and hasattr(p, n[9:]):
+            delattr(p, n[9:])  # the package holds its submodules as attributes too
+    gc.collect()
+
+
+class Agent:
+    def __init__(self, flash, booted):
+        """booted: what boot.start(flash) returned (main.py runs it before importing this module,
+        so boot's code and the agent's are never in the heap together)."""
+        self.flash = flash
+        cfg, self.board, self.epoch, self.safe, self.boot_reason, self.cfg_hash = booted
+        self.cfg = cfg
+        self.seq = 0
+        self.signer = Signer(cfg["key"])
+        base = "idu/1/" + cfg["site"] + "/" + cfg["device"] + "/"
+        self.t_birth = (base + "birth").encode()
+        self.t_death = (base + "death").encode()
+        self.t_rep = (base + "rep").encode()
+        self.t_evt = (base + "evt").encode()
+        self.t_ack = (base + "ack").encode()
+        self.t_cmd = (base + "cmd").encode()
+        self.t_cfg = (base + "cfg").encode()
+        self.t_ota = (base + "ota").encode()
+        self.ring = RingFile(flash, cfg["buffer"], _SLOT)
+        self.rep_buf = bytearray(_SLOT)  # the report being built
+        self.tx_buf = bytearray(_SLOT)  # the ring head being sent
+        self.ctl_buf = bytearray(384)  # birth, death, ack, event
+        self.will_buf = bytearray(96)
+        self.link = Link(cfg["broker"], cfg["device"], cfg["keepalive"], self.on_publish)
+        try:
+            import os
+
+            seed = os.urandom(4)
+        except (ImportError, AttributeError):
+            seed = cfg["key"]  # per-device secret: at least every device differs
+        self.rng = backoff.Rng(int.from_bytes(seed[:4], "little") ^ self.epoch)
+        self.ready = asyncio.Event()  # connected and birth sent
+        self.ring_evt = asyncio.Event()
+        self.cmd_evt = asyncio.Event()
+        self.stop_evt = asyncio.Event()
+        self.cmd_q = []
+        self.cmd_dropped = 0
+        self.reconnects = 0
+        self.refused = [0, 0, 0, 0]  # bad tag, expired, replay, malformed
+        self.reports = 0
+        self.sent = 0
+        self.dropped_event = self.ring.state.dropped
+        self.time_off = None  # unix - uptime learned from verified downlink ts (no RTC)
+        self.heap_size = gc.mem_free() + gc.mem_alloc()
+        self.heap_hw = 0  # live heap after a collection: what the agent really holds
+        self.heap_peak = 0  # allocated before collection, garbage included
+        self.result = STOPPED
+        self.inflight_pid = 0
+        self.inflight_conn = 0
+        self.cfg_gen = 0  # bumped by set_config: the reporter restarts its schedule
+        self.cfg_ts = 0  # ts of the newest CONFIG applied; an older one is a replay
+        self.death_seq = 0
+        self.setup_metrics()
+
+    def setup_metrics(self):
+        cfg = self.cfg
+        ids = _HEALTH + tuple(range(16, 30) if cfg["kind"] == "ap" else range(48, 64))
+        if cfg["metrics"] is not None:
+            ids = tuple(i for i in ids if i in cfg["metrics"])
+        self.ids = ids
+        self.vals = [0] * len(ids)
+        self.last = [0] * len(ids)
+        self.have_last = False
+        self.db = [cfg["deadbands"].get(i, 0) for i in ids]
+        self.any_db = any(self.db)
+        self.batch_n = n = cfg["batch"]
+        # batch rows: [sample time ms, values]; None when every sample is its own REPORT
+        self.batch: list | None = [[0, [0] * len(ids)] for _ in range(n)] if n > 1 else None
+        self.batch_len = 0
+        self.last_dropped = self.ring.state.dropped
+        self.cfg_gen += 1
+
+    def uptime(self):
+        return self.board.ms() // 1000
+
+    def now(self):
+        t = self.board.unix()
+        if t is None and self.time_off is not None:
+            t = self.time_off + self.uptime()
+        return t
+
+    def next_seq(self):
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        return self.seq
+
+    def heap_mark(self):
+        a = gc.mem_alloc()
+        if a > self.heap_peak:
+            self.heap_peak = a
+        return a
+
+    async def publish_ctl(self, topic, mtype, body, seq=0):
+        """Birth, event, ack, death: signed into ctl_buf, QoS 1, awaited. Raises OSError when the
+        link is down: these are state, not data, so they are not buffered."""
+        w = Writer(self.ctl_buf)
+        write_head(w, mtype, self.epoch, seq or self.next_seq(), self.now(), self.uptime())
+        w.value(body, 1)
+        n = seal(w, self.signer, topic)
+        pid = self.link.next_pid()
+        await self.link.publish(topic, self.ctl_buf, n, 1, pid)
+        return await self.link.wait_ack(pid)
+
+    async def ack(self, epoch, seq, result, data=None):
+        body = {_A_CMD_EPOCH: epoch, _A_CMD_SEQ: seq, _A_RESULT: result}
+        if data:
+            body[_A_DATA] = data
+        await self.publish_ctl(self.t_ack, _ACK, body)
+
+    async def event(self, code, severity, text=None, data=None):
+        body = {_E_CODE: code, _E_SEVERITY: severity}
+        if text:
+            body[_E_TEXT] = text
+        if data:
+            body[_E_DATA] = data
+        try:
+            await self.publish_ctl(self.t_evt, _EVENT, body)
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------------------- tasks
+    async def connectivity(self):
+        """The only place that connects: forever, with capped exponential backoff and full
+        jitter. Other tasks wait on self.ready and never see socket errors."""
+        bo = self.cfg["backoff"]
+        link = self.link
+        attempt = 0
+        death_seq = 0
+        while self.result == STOPPED:
+            if not death_seq:
+                death_seq = self.next_seq()
+                birth_seq = self.next_seq()  # reserved together: DEATH is always BIRTH - 1
+            w = Writer(self.will_buf)
+            write_head(w, _DEATH, self.epoch, death_seq, self.now(), self.uptime())
+            w.map_head(1)
+            w.integer(_D_REASON)
+            w.integer(_DEATH_LOST)
+            n = seal(w, self.signer, self.t_death)
+            try:
+                await self.board.net_up()  # Wi-Fi on an ESP32; nothing on the sim
+                await link.open(self.t_death, memoryview(self.will_buf)[:n])
+                attempt = 0
+                await link.subscribe((self.t_cmd, self.t_cfg, self.t_ota))
+                await self.birth(birth_seq)
+                self.death_seq = death_seq
+                self.ready.set()
+                self.ring_evt.set()
+                print("idu: connected", link.conn_id)
+                await link.run()
+            except Exception as e:  # any link failure means reconnect
+                print("idu: link down:", repr(e))
+            if link.connect_sent:
+                death_seq = 0  # the broker may hold (and publish) this will: never reuse it
+            self.ready.clear()
+            link.close()
+            if self.result != STOPPED:
+                return
+            self.reconnects += 1
+            d = backoff.delay_ms(attempt, bo["base_ms"], bo["cap_ms"], self.rng.r16())
+            attempt += 1
+            await sleep_ms(d)
+
+    async def birth(self, seq):
+        cfg = self.cfg
+        body = {
+            _B_FIRMWARE: FIRMWARE,
+            _B_BOARD: self.board.name,
+            _B_BOOT_REASON: self.boot_reason,
+            _B_CONFIG_HASH: self.cfg_hash,
+            _B_SAFE_MODE: self.safe,
+            _B_KIND: cfg["kind"],
+            _B_INTERVAL: cfg["interval"],
+            _B_BUFFERED: self.ring.state.count,
+        }
+        w = Writer(self.ctl_buf)
+        write_head(w, _BIRTH, self.epoch, seq, self.now(), self.uptime())
+        w.value(body, 1)
+        n = seal(w, self.signer, self.t_birth)
+        await self.link.publish(self.t_birth, self.ctl_buf, n, 1, self.link.next_pid())
+        if self.safe:
+            asyncio.create_task(self.event(_EV_SAFE_MODE, 2, "crash loop: sensors off"))
+        d = self.ring.state.dropped
+        if d != self.dropped_event:
+            self.dropped_event = d
+            asyncio.create_task(self.event(_EV_BUFFER_DROPPED, 1, None, {0: d}))
+
+    async def drain(self):
+        """Send the ring oldest first, one in flight, pop on PUBACK. A payload unacked when the
+        link dropped is sent again with DUP and the same packet id on the next connection."""
+        ring = self.ring
+        link = self.link
+        gap = 1000 // max(1, self.cfg["replay_rate"])
+        mv = memoryview(self.tx_buf)
+        while True:
+            await self.ready.wait()
+            if not ring.state.count:
+                self.ring_evt.clear()
+                await self.ring_evt.wait()
+                continue
+            n = ring.read_head(self.tx_buf)
+            if n <= 0:
+                ring.pop()  # unreadable slot: count it lost rather than stall forever
+                ring.state.dropped += 1
+                continue
+            pid = self.inflight_pid
+            dup = bool(pid) and self.inflight_conn != link.conn_id
+            if not pid:
+                pid = link.next_pid()
+            self.inflight_pid = pid
+            self.inflight_conn = link.conn_id
+            try:
+                await link.publish(self.t_rep, mv, n, 1, pid, dup)
+            except OSError:
+                continue
+            if await link.wait_ack(pid):
+                ring.pop()
+                self.inflight_pid = 0
+                self.sent += 1
+                if ring.state.count:
+                    await sleep_ms(gap)  # backlog replay at a bounded rate
+
+    async def reporter(self):
+        """Sample on a schedule; report every interval, and early when a metric moves past its
+        deadband. Reports are signed when sampled and always go through the ring."""
+        b = self.board
+        while True:
+            gen = self.cfg_gen
+            period = self.cfg["interval"] * 1000
+            tick = period // 4 if self.any_db else period
+            due_at = b.ms() + period
+            while gen == self.cfg_gen:
+                await sleep_ms(b.real_ms(tick))
+                now = b.ms()
+                self.sample(period // 1000)
+                if now >= due_at or (self.any_db and self.moved()):
+                    self.record(now)
+                    due_at = now + period
+
+    def sample(self, period_s):
+        ids, vals, st = self.ids, self.vals, self.ring.state
+        self.board.sample(ids, vals, period_s)
+        for i in range(len(ids)):
+            m = ids[i]
+            if m == 1:
+                vals[i] = self.uptime()
+            elif m == 2:
+                vals[i] = gc.mem_free()
+            elif m == 3:
+                vals[i] = self.board.rssi()
+            elif m == 5:
+                vals[i] = st.count
+            elif m == 6:
+                vals[i] = st.dropped - self.last_dropped
+
+    def moved(self):
+        vals, last, db = self.vals, self.last, self.db
+        if not self.have_last:
+            return False
+        for i in range(len(vals)):
+            if db[i] and abs(vals[i] - last[i]) >= db[i]:
+                return True
+        return False
+
+    def record(self, now_ms):
+        """Sign the current sample (or the completed batch) into rep_buf and push it to the
+        ring: no allocation beyond the HMAC."""
+        ids, vals, last = self.ids, self.vals, self.last
+        for i in range(len(vals)):
+            last[i] = vals[i]
+        self.have_last = True
+        self.last_dropped = self.ring.state.dropped
+        batch = self.batch
+        if batch is not None:
+            s = batch[self.batch_len]
+            s[0] = now_ms
+            sv = s[1]
+            for i in range(len(vals)):
+                sv[i] = vals[i]
+            self.batch_len += 1
+            if self.batch_len < self.batch_n:
+                return
+        w = Writer(self.rep_buf)
+        write_head(
+            w,
+            _BATCH if batch else _REPORT,
+            self.epoch,
+            self.next_seq(),
+            self.now(),
+            self.uptime(),
+        )
+        rows = self.batch_len if batch else 1
+        if batch:
+            w.array_head(rows)
+        for j in range(rows):
+            if batch:
+                w.array_head(2)
+                w.integer((now_ms - batch[j][0]) // 1000)
+                vals = batch[j][1]
+            w.map_head(len(ids))
+            for i in range(len(ids)):
+                w.integer(ids[i])
+                w.integer(vals[i])
+        self.batch_len = 0
+        self.ring.push(self.rep_buf, seal(w, self.signer, self.t_rep))
+        self.heap_mark()
+        self.reports += 1
+        self.ring_evt.set()
+
+    def on_publish(self, topic, payload):
+        """From the link's reader: copy and queue, bounded (drops counted)."""
+        if len(self.cmd_q) >= _CMD_QUEUE:
+            self.cmd_dropped += 1
+            return
+        self.cmd_q.append((bytes(topic), bytes(payload)))
+        self.cmd_evt.set()
+
+    async def downlink(self):
+        while True:
+            if not self.cmd_q:
+                self.cmd_evt.clear()
+                await self.cmd_evt.wait()
+                continue
+            gc.collect()  # the command's code and data go into holes left by report garbage
+            import cmds
+
+            while self.cmd_q:
+                topic, payload = self.cmd_q.pop(0)
+                try:
+                    await cmds.handle(self, topic, payload)
+                except OSError:
+                    pass  # the ack was lost with the link; the controller retries
+                del topic, payload
+            del cmds
+            unload(
+                "cmds",
+                "tunables",
+                "bootstate",
+                "protocol.commands",
+                "protocol.downlink",
+            )
+            if self.result != STOPPED:
+                self.stop_evt.set()
+
+    async def housekeeping(self):
+        """Feed the watchdog from the main loop, track the live-heap high water, and clear the
+        crash-loop counter once this run has been up crash.stable seconds."""
+        stable_ms = self.cfg["crash"]["stable"] * 1000
+        marked = False
+        t0 = time.ticks_ms()
+        while True:
+            self.board.wdt_feed()
+            self.heap_mark()
+            gc.collect()
+            a = gc.mem_alloc()
+            if a > self.heap_hw:
+                self.heap_hw = a
+            if not marked and time.ticks_diff(time.ticks_ms(), t0) >= stable_ms:
+                import bootstate
+
+                bootstate.mark(self.flash, bootstate.END_STABLE)
+                del bootstate
+                unload("bootstate")
+                marked = True
+            await sleep_ms(200)
+
+    # ------------------------------------------------------------------------------- lifecycle
+    def crashed(self, loop, context):
+        exc = context.get("exception")
+        print("idu: task crashed:", repr(exc))
+        self.result = CRASHED
+        self.stop_evt.set()
+
+    async def main(self):
+        asyncio.get_event_loop().set_exception_handler(self.crashed)
+        print(
+            "idu: boot epoch",
+            self.epoch,
+            "safe" if self.safe else "normal",
+            "buffered",
+            self.ring.state.count,
+        )
+        tasks = [
+            asyncio.create_task(c)
+            for c in (self.connectivity(), self.drain(), self.downlink(), self.housekeeping())
+        ]
+        if not self.safe:
+            tasks.append(asyncio.create_task(self.reporter()))
+        await self.stop_evt.wait()
+        if self.result == REBOOT and self.link.up:
+            try:  # goodbye with the reserved DEATH seq, then a clean DISCONNECT
+                await wait_for_ms(
+                    self.publish_ctl(
+                        self.t_death, _DEATH, {_D_REASON: _DEATH_REBOOT}, self.death_seq
+                    ),
+                    2000,
+                )
+            except Exception:  # best effort on the way down
+                pass
+            await self.link.disconnect()
+        for t in tasks:
+            t.cancel()
+        self.link.close()
+        self.ring.close()
+        if self.result == REBOOT:
+            import bootstate
+
+            bootstate.mark(self.flash, bootstate.END_REBOOT)
+            unload("bootstate")
+        return self.result
+
+
+def run(flash, booted):
+    """Run the agent until it stops; returns REBOOT or CRASHED."""
+    agent = Agent(flash, booted)
+    del booted
+    gc.collect()
+    # Collect after every few KiB allocated instead of only when the heap is full: short-lived
+    # report garbage then never spreads across the heap, so a command's code and buffers still
+    # find contiguous room (the heap is small and 64-bit objects fragment it fast).
+    gc.threshold(4096)
+    return asyncio.run(agent.main())

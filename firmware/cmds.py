@@ -1,0 +1,215 @@
+"""Downlink handling, loaded when a command arrives and unloaded after (agent.py), so its code
+and protocol.commands do not sit in the heap between commands. Every command gets a signed ack;
+a bad tag, an expired or a replayed command is refused, counted and never executed."""
+
+from agent import unload
+from micropython import const
+
+from protocol.errors import BAD_TAG, EXPIRED, REPLAY, ProtocolError
+
+# Wire numbers from protocol.messages, as const(): private consts cost no heap, while importing
+# the module costs its tables (tests/test_firmware_heap.py checks they match).
+_C_ARGS = const(2)
+_C_OP = const(0)
+_EV_CONFIG_APPLIED = const(3)
+_OP_DIAGNOSTICS = const(4)
+_OP_PING = const(1)
+_OP_REBOOT = const(2)
+_OP_ROTATE_KEY = const(5)
+_OP_SET_CONFIG = const(3)
+_R_BAD_ARGS = const(1)
+_R_BAD_TAG = const(5)
+_R_EXPIRED = const(3)
+_R_FAILED = const(7)
+_R_OK = const(0)
+_R_REPLAY = const(4)
+_R_UNKNOWN_OP = const(2)
+
+# Diagnostics ack data keys (firmware/README.md).
+_DG_HEAP_FREE = const(0)
+_DG_HEAP_HIGH_WATER = const(1)
+_DG_HEAP_SIZE = const(2)
+_DG_UPTIME = const(3)
+_DG_RSSI = const(4)
+_DG_BUFFER_DEPTH = const(5)
+_DG_RECONNECTS = const(6)
+_DG_DROPPED = const(7)
+_DG_REFUSED_BAD_TAG = const(8)
+_DG_REFUSED_EXPIRED = const(9)
+_DG_REFUSED_REPLAY = const(10)
+_DG_SAFE_MODE = const(11)
+_DG_REPORTS = const(12)
+_DG_EPOCH = const(13)
+_DG_HEAP_PEAK = const(14)
+_DG_CMD_DROPPED = const(15)
+_DG_REFUSED_MALFORMED = const(16)
+
+
+def _guard(flash):
+    from protocol.commands import CommandGuard
+
+    try:
+        with open(flash + "/guard.bin", "rb") as f:
+            return CommandGuard.loads(f.read())
+    except (OSError, ValueError):
+        return CommandGuard()
+
+
+async def handle(a, topic, payload):
+    """Verify, check freshness, execute and ack one downlink message for agent a."""
+    from protocol.downlink import open_downlink  # local: unload() below can then free it
+
+    channel = "cmd" if topic == a.t_cmd else "cfg" if topic == a.t_cfg else "ota"
+    try:
+        msg = open_downlink(payload, topic, channel, a.signer)
+    except ProtocolError as e:
+        a.refused[0 if e.code == BAD_TAG else 3] += 1
+        print("idu: refused downlink:", e.code)
+        try:
+            bad = open_downlink(payload, topic, channel, None)  # unverified: names it in the ack
+        except ProtocolError:
+            return
+        await a.ack(bad.epoch, bad.seq, _R_BAD_TAG if e.code == BAD_TAG else _R_BAD_ARGS)
+        return
+    epoch, seq, ts, body = msg.epoch, msg.seq, msg.ts, msg.body
+    del msg, open_downlink  # the message's class holds protocol.downlink alive
+    unload("protocol.downlink")  # before protocol.commands loads: never both in the heap
+    if ts is not None and a.board.unix() is None:
+        a.time_off = ts - a.uptime()  # no RTC: learn the time from verified downlink
+    if topic == a.t_ota:
+        await a.ack(epoch, seq, _R_UNKNOWN_OP)  # OTA is not in this firmware yet
+        return
+    guard = None
+    try:
+        if topic == a.t_cmd:
+            guard = _guard(a.flash)
+            guard.admit(epoch, seq, ts, body, a.now())
+        elif ts is None or ts < a.cfg_ts:
+            raise ProtocolError(REPLAY, "config older than the one applied")
+    except ProtocolError as e:
+        i, result = (
+            (1, _R_EXPIRED)
+            if e.code == EXPIRED
+            else (2, _R_REPLAY)
+            if e.code == REPLAY
+            else (3, _R_BAD_ARGS)
+        )
+        a.refused[i] += 1
+        print("idu: refused command:", e.code)
+        await a.ack(epoch, seq, result)
+        return
+    _heap_sample(a)  # the command path is loaded: the agent's live peak is now
+    if guard is not None:
+        from bootstate import write
+
+        write(a.flash + "/guard.bin", guard.dumps())  # before executing: never twice
+        del guard, write
+    unload("protocol.commands", "bootstate")
+    if not isinstance(body, dict):
+        return  # decoding has checked the body shape; this only narrows the type
+    if topic == a.t_cmd:
+        op = body.get(_C_OP)
+        args = body.get(_C_ARGS) or {}
+    else:
+        a.cfg_ts = ts
+        op = _OP_SET_CONFIG
+        args = body
+    data = None
+    result = _R_OK
+    if op == _OP_PING:
+        data = {0: a.uptime()}
+    elif op == _OP_DIAGNOSTICS:
+        data = diagnostics(a)
+    elif op == _OP_SET_CONFIG:
+        result = set_config(a, args)
+    elif op == _OP_REBOOT:
+        a.result = 75  # agent.REBOOT: main loop stops after this ack
+    elif op == _OP_ROTATE_KEY:
+        result, new_key = rotate_key(a, args)
+    else:
+        result = _R_UNKNOWN_OP
+    await a.ack(epoch, seq, result, data)  # a rotation's ack: still the old key
+    if result == _R_OK and op == _OP_ROTATE_KEY:
+        from protocol.sign import Signer
+
+        a.signer = Signer(new_key)  # from now on (docs/PROVISIONING.md, "Key rotation")
+    if result == _R_OK and op == _OP_SET_CONFIG:
+        await a.event(_EV_CONFIG_APPLIED, 0, None, {0: a.cfg_hash})
+
+
+def _heap_sample(a):
+    """Live heap after a collection, into the high-water mark diagnostics report (the
+    housekeeping task samples between commands and would miss this peak)."""
+    import gc
+
+    gc.collect()
+    n = gc.mem_alloc()
+    if n > a.heap_hw:
+        a.heap_hw = n
+
+
+def rotate_key(a, args):
+    """OP_ROTATE_KEY {0: new key, 32 bytes}: store it in config.json before acking, so a reset
+    after the ack still boots with the key the controller switched to. (result, key)."""
+    import json
+
+    key = args.get(0) if isinstance(args, dict) else None
+    if not isinstance(key, bytes) or len(key) != 32:
+        return _R_BAD_ARGS, None
+    try:
+        import binascii
+        import os
+
+        path = a.flash + "/config.json"
+        with open(path) as f:
+            raw = json.load(f)
+        raw["key"] = binascii.hexlify(key).decode()
+        with open(path + ".tmp", "w") as f:  # write-then-rename: old file or new, never half
+            json.dump(raw, f)
+        os.rename(path + ".tmp", path)
+    except (OSError, ValueError):
+        return _R_FAILED, None
+    return _R_OK, key
+
+
+def set_config(a, args):
+    import tunables as t
+
+    if not isinstance(args, dict):
+        return _R_BAD_ARGS
+    try:
+        t.apply(a.cfg, args)
+    except (t.ConfigError, TypeError):
+        return _R_BAD_ARGS
+    t.save_overrides(a.flash, a.cfg)
+    a.cfg_hash = t.config_hash(a.cfg)
+    a.setup_metrics()
+    return _R_OK
+
+
+def diagnostics(a):
+    import gc
+
+    gc.collect()
+    a.heap_mark()
+    r = a.refused
+    st = a.ring.state
+    return {
+        _DG_HEAP_FREE: gc.mem_free(),
+        _DG_HEAP_HIGH_WATER: a.heap_hw,
+        _DG_HEAP_SIZE: a.heap_size,
+        _DG_UPTIME: a.uptime(),
+        _DG_RSSI: a.board.rssi(),
+        _DG_BUFFER_DEPTH: st.count,
+        _DG_RECONNECTS: a.reconnects,
+        _DG_DROPPED: st.dropped,
+        _DG_REFUSED_BAD_TAG: r[0],
+        _DG_REFUSED_EXPIRED: r[1],
+        _DG_REFUSED_REPLAY: r[2],
+        _DG_SAFE_MODE: a.safe,
+        _DG_REPORTS: a.reports,
+        _DG_EPOCH: a.epoch,
+        _DG_HEAP_PEAK: a.heap_peak,
+        _DG_CMD_DROPPED: a.cmd_dropped,
+        _DG_REFUSED_MALFORMED: r[3],
+    }

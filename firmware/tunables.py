@@ -1,0 +1,66 @@
+"""The command-settable part of the config (interval, deadbands, metrics, batch): checks, the
+overrides file set_config persists, and the hash birth carries. Small on purpose: cmds.py loads
+it for set_config without pulling in the whole of boot.py."""
+
+
+class ConfigError(Exception):
+    """config.json is missing or unreadable, or a field is absent, mistyped or out of range."""
+
+
+def bad(field, why):
+    return ConfigError("config: field '%s' %s" % (field, why))
+
+
+def check_tunables(cfg, where):
+    """The command-settable fields (also checked for set_config args); normalises deadbands."""
+    if not isinstance(cfg["interval"], int) or cfg["interval"] < 1:
+        raise bad(where + "interval", "must be an int >= 1")
+    if not isinstance(cfg["batch"], int) or not 1 <= cfg["batch"] <= 4:
+        raise bad(where + "batch", "must be 1..4")
+    m = cfg["metrics"]
+    if m is not None and (not isinstance(m, list) or any(not isinstance(i, int) for i in m)):
+        raise bad(where + "metrics", "must be a list of metric ids")
+    d = cfg["deadbands"]
+    clean = {}
+    try:
+        for k, v in d.items():
+            clean[int(k)] = int(v)
+    except (AttributeError, TypeError, ValueError):
+        raise bad(where + "deadbands", "must map metric id to delta")
+    cfg["deadbands"] = clean
+
+
+def apply(cfg, g):
+    """Apply a CONFIG body / set_config args (protocol.messages G_* keys) to cfg; raises
+    ConfigError and leaves cfg unchanged on a bad value."""
+    trial = dict(cfg)
+    for key, name in ((0, "interval"), (1, "deadbands"), (2, "metrics"), (3, "batch")):
+        if key in g:
+            trial[name] = g[key]
+    check_tunables(trial, "args.")
+    cfg.update(trial)
+
+
+def tunables(cfg):
+    """The settable part of cfg as a G_* map: what overrides persist and the config hash covers."""
+    g = {0: cfg["interval"], 1: cfg["deadbands"], 3: cfg["batch"]}
+    if cfg["metrics"] is not None:
+        g[2] = cfg["metrics"]
+    return g
+
+
+def config_hash(cfg):
+    """First 8 bytes of SHA-256 over the canonical msgpack of the settable config."""
+    import hashlib
+
+    from protocol.codec import packb
+
+    return hashlib.sha256(packb(tunables(cfg), 320)).digest()[:8]
+
+
+def save_overrides(flash, cfg):
+    from bootstate import write
+
+    from protocol.codec import packb
+
+    write(flash + "/config.over", packb(tunables(cfg), 320))

@@ -1,0 +1,54 @@
+"""Controller test fixtures: a store per backend (SQLite file, PostgreSQL schema created and
+dropped by the test), a master key, and a registered-device helper."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.config import StoreConfig
+from controller.keys import MasterKey
+from controller.store import Store, open_store
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+def store_config(backend: str, tmp_path: Path) -> StoreConfig:
+    if backend == "postgres":
+        return StoreConfig(
+            backend="postgres",
+            dsn="host=127.0.0.1 dbname=test",
+            schema="t_" + uuid.uuid4().hex[:12],
+        )
+    return StoreConfig(backend="sqlite", path=str(tmp_path / "idu.sqlite"))
+
+
+def drop(cfg: StoreConfig) -> None:
+    if cfg.backend == "postgres":
+        from controller.store.postgres import PostgresStore
+
+        s = PostgresStore(cfg.dsn, cfg.schema)
+        s.drop_schema()
+        s.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def store_cfg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreConfig]:
+    cfg = store_config(request.param, tmp_path)
+    yield cfg
+    drop(cfg)
+
+
+@pytest.fixture
+def store(store_cfg: StoreConfig) -> Iterator[Store]:
+    s = open_store(store_cfg)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def master() -> MasterKey:
+    return MasterKey(bytes(range(32)))

@@ -1,0 +1,200 @@
+"""The pure parts without any I/O: ingest checks and the DEATH rule, presence, batching,
+rollups, commands, config validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.config import ConfigError, build
+from controller.domain.batching import Batcher
+from controller.domain.commands import CommandIssuer
+from controller.domain.ingest import DeviceState, IngestCore, Rejected
+from controller.domain.records import Accepted
+from controller.domain.rollup import fold, fold_batch
+from protocol import messages as M
+from protocol.commands import CommandGuard
+from protocol.envelope import Message, decode, encode
+from protocol.replay import WINDOW
+from protocol.sign import Signer
+
+KEY = bytes(range(32))
+SIGNER = Signer(KEY)
+NOW = 1_790_000_000.0
+
+
+def payload(
+    mtype: int, seq: int, body: object, epoch: int = 3, device: str = "d1"
+) -> tuple[str, bytes]:
+    topic = f"idu/1/porto/{device}/{M.CHANNEL[mtype]}"
+    return topic, encode(SIGNER, topic, Message(mtype, epoch, seq, body, ts=int(NOW)))
+
+
+def core() -> IngestCore:
+    c = IngestCore(offline_after=60)
+    c.add(DeviceState("d1", "porto", "foz", SIGNER))
+    return c
+
+
+BIRTH = {M.B_FIRMWARE: "1.0", M.B_BOARD: "sim", M.B_BOOT_REASON: 0}
+
+
+def test_death_reserved_at_connect_is_accepted_once_even_outside_the_window() -> None:
+    c = core()
+    c.ingest(*payload(M.BIRTH, 11, BIRTH), NOW)  # the DEATH will holds seq 10
+    for seq in range(12, 12 + WINDOW + 5):
+        c.ingest(*payload(M.REPORT, seq, {16: 1}), NOW)
+    death = payload(M.DEATH, 10, {M.D_REASON: M.DEATH_LOST})
+    acc, pres = c.ingest(*death, NOW + 1)
+    assert acc.mtype == M.DEATH and pres is not None and pres.state == "offline"
+    with pytest.raises(Rejected) as e:
+        c.ingest(*death, NOW + 2)
+    assert e.value.reason == "replay"
+    # any other old seq is still a replay
+    with pytest.raises(Rejected):
+        c.ingest(*payload(M.DEATH, 9, {M.D_REASON: 0}), NOW)
+
+
+def test_stale_will_after_a_new_birth_does_not_mark_offline() -> None:
+    c = core()
+    c.ingest(*payload(M.BIRTH, 2, BIRTH), NOW)
+    c.ingest(*payload(M.BIRTH, 6, BIRTH), NOW)  # reconnected: will 5, birth 6
+    _, pres = c.ingest(*payload(M.DEATH, 1, {M.D_REASON: M.DEATH_LOST}), NOW)  # old will
+    assert pres is None and c.devices["d1"].presence.online
+
+
+def test_presence_sweep_and_return() -> None:
+    c = core()
+    _, p = c.ingest(*payload(M.REPORT, 1, {16: 1}), NOW)
+    assert p is not None and (p.state, p.reason) == ("online", "seen")
+    assert c.sweep(NOW + 30) == []
+    [off] = c.sweep(NOW + 61)
+    assert (off.state, off.reason) == ("offline", "silent")
+    assert {u.device for u in c.take_updates()} == {"d1"}
+
+
+def test_batch_body_becomes_rows_with_sample_times() -> None:
+    c = core()
+    acc, _ = c.ingest(*payload(M.BATCH, 1, [[120, {57: 2150}], [60, {57: 2200, 48: None}]]), NOW)
+    assert acc.metric_rows() == [
+        (0, 57, NOW - 120, 21.5),
+        (1, 57, NOW - 60, 22.0),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("topic", "reason"),
+    [
+        ("idu/1/porto/d2/rep", "unknown_device"),
+        ("idu/1/braga/d1/rep", "wrong_site"),
+        ("idu/1/porto/d1/cmd", "wrong_channel"),
+        ("idu/2/porto/d1/rep", "unknown_version"),
+        ("elsewhere/x", "bad_topic"),
+    ],
+)
+def test_routing_rejections(topic: str, reason: str) -> None:
+    with pytest.raises(Rejected) as e:
+        core().ingest(topic, payload(M.REPORT, 1, {16: 1})[1], NOW)
+    assert e.value.reason == reason
+
+
+def test_disabled_device_is_refused() -> None:
+    c = core()
+    c.devices["d1"].active = False
+    with pytest.raises(Rejected) as e:
+        c.ingest(*payload(M.REPORT, 1, {16: 1}), NOW)
+    assert e.value.reason == "disabled_device"
+
+
+def test_batcher_size_or_time() -> None:
+    b: Batcher[int] = Batcher(max_weight=3, max_age=0.1)
+    assert not b.due(0.0)
+    assert not b.add(1, 0.0)
+    assert not b.due(0.05) and b.due(0.1)
+    assert b.add(2, 0.01, weight=2)
+    assert b.take() == [1, 2] and not b.due(10.0)
+
+
+def test_rollup_fold() -> None:
+    aggs = fold([("z", 57, 7200.0, 1.0), ("z", 57, 7300.0, 3.0), ("z", 57, 7250.0, 2.0)])
+    a = aggs[("z", 57, 7200)]
+    assert (a.n, a.vmin, a.vmax, a.mean, a.last) == (3, 1.0, 3.0, 2.0, 3.0)
+
+
+def test_fold_batch_device_then_zone() -> None:
+    def acc(dev: str, seq: int, rows: tuple[tuple[int, int, float, float], ...]) -> Accepted:
+        return Accepted(dev, "z", 1, seq, M.REPORT, 0.0, 0.0, rows)
+
+    dev, zone = fold_batch(
+        [
+            acc("a", 1, ((0, 57, 7200.0, 1.0), (0, 58, 7200.0, 9.0))),
+            acc("a", 2, ((0, 57, 7300.0, 3.0),)),
+            acc("b", 1, ((0, 57, 7250.0, 2.0), (1, 57, 10900.0, 4.0))),
+            acc("b", 2, ()),
+        ]
+    )
+    assert dev[("a", 57, 7200)] == [2, 1.0, 3.0, 4.0, 3.0, 7300.0]
+    assert dev[("b", 57, 10800)] == [1, 4.0, 4.0, 4.0, 4.0, 10900.0]
+    assert zone[("z", 57, 7200)] == [3, 1.0, 3.0, 6.0, 3.0, 7300.0]
+    assert zone[("z", 58, 7200)] == [1, 9.0, 9.0, 9.0, 9.0, 7200.0]
+    assert len(dev) == 4 and len(zone) == 3
+
+
+def test_commands_verify_on_the_device_side() -> None:
+    issuer = CommandIssuer(epoch=4)
+    cmd = issuer.build(SIGNER, "porto", "d1", "set-config", {M.G_INTERVAL: 30}, int(NOW), ttl=60)
+    msg = decode(cmd.payload, cmd.topic, SIGNER)
+    assert (msg.epoch, msg.seq, msg.ts) == (4, 1, int(NOW))
+    assert msg.body == {M.C_OP: M.OP_SET_CONFIG, M.C_EXPIRES: int(NOW) + 60, M.C_ARGS: {0: 30}}
+    guard = CommandGuard()
+    guard.accept(msg, None)
+    assert issuer.build(SIGNER, "porto", "d1", "ping", None, int(NOW)).seq == 2
+    with pytest.raises(ValueError):
+        issuer.build(SIGNER, "porto", "d1", "self-destruct", None, int(NOW))
+
+
+def test_config_env_overrides_and_errors() -> None:
+    cfg = build(
+        {"mqtt": {"port": 1884}, "store": {"backend": "sqlite"}},
+        {
+            "IDUFLEET_MQTT_PORT": "1999",
+            "IDUFLEET_API_TOKEN": "t0k",
+            "IDUFLEET_INGEST_ACK_AFTER_COMMIT": "no",
+        },
+    )
+    assert cfg.mqtt.port == 1999 and cfg.api.token == "t0k" and not cfg.ingest.ack_after_commit
+    assert cfg.redacted()["api"]["token"] == "***"
+    for data, env, match in [
+        ({"mqtt": {"port": "x"}}, {}, "mqtt.port must be an integer"),
+        ({"mqtt": {"prot": 1}}, {}, "unknown key mqtt.prot"),
+        ({"nope": {}}, {}, r"unknown section \[nope\]"),
+        ({}, {"IDUFLEET_STORE_BACKEND": "mysql"}, "use 'sqlite' or 'postgres'"),
+        ({"ingest": {"batch_size": 0}}, {}, "batch_size"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            build(data, env)
+
+
+def test_shipped_example_config_is_valid() -> None:
+    from pathlib import Path
+
+    from controller.config import load
+
+    cfg = load(Path(__file__).resolve().parents[2] / "deploy" / "idufleet.toml", {})
+    assert cfg.ingest.ack_after_commit and cfg.log.json and cfg.api.token == ""
+
+
+def test_rejections_all_counted_but_logged_at_a_bounded_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from controller.app import Controller
+    from controller.config import Config
+    from controller.keys import MasterKey
+
+    ctl = Controller(Config(), MasterKey(bytes(32)))
+    with caplog.at_level("WARNING", logger="idufleet.controller"):
+        for _ in range(1000):
+            ctl._reject(Rejected("bad_tag", "x", "d1"), "idu/1/porto/d1/rep")
+    assert ctl.metrics.rejected_count("bad_tag") == 1000
+    records = [r for r in caplog.records if r.getMessage() == "message rejected"]
+    assert 1 <= len(records) <= 11  # the burst, plus at most one refill during the loop
+    assert all(getattr(r, "reason", None) == "bad_tag" for r in records)

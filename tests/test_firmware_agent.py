@@ -1,0 +1,181 @@
+"""The agent on the real micropython binary against a real Mosquitto: reports verify on a CPython
+observer, commands are acked, bad/expired/replayed commands are refused and counted, a killed
+agent's broker publishes its DEATH, config survives a reboot, a bad config is refused."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protocol import messages as M
+from protocol.replay import ReplayWindow
+from tests.firmware.harness import Agent, Observer, key_for, make_flash
+from tests.support.broker import Broker
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def obs(broker: Broker) -> Iterator[Observer]:
+    o = Observer(broker.port).start()
+    yield o
+    o.stop()
+
+
+@pytest.fixture
+def agents() -> Iterator[Callable[..., Agent]]:
+    started: list[Agent] = []
+
+    def start(flash: Path, **kw: Any) -> Agent:
+        a = Agent(flash, **kw).start()
+        started.append(a)
+        return a
+
+    yield start
+    for a in started:
+        a.kill()
+
+
+def test_reports_verify_and_decode(
+    broker: Broker, obs: Observer, agents: Any, tmp_path: Path
+) -> None:
+    a = agents(make_flash(tmp_path, "ap-1", broker.port))
+    agents(make_flash(tmp_path, "sn-1", broker.port, kind="sensor"))
+    obs.wait(
+        lambda: len(obs.reports("ap-1")) >= 5 and len(obs.reports("sn-1")) >= 5,
+        20,
+        "5 reports from each agent",
+    )
+    assert not obs.bad, obs.bad
+    birth = obs.items("ap-1", "birth")[0].msg
+    body = birth.body
+    assert isinstance(body, dict)
+    assert body[M.B_BOARD] == "sim" and body[M.B_KIND] == "ap"
+    assert body[M.B_SAFE_MODE] is False and len(body[M.B_CONFIG_HASH]) == 8
+    assert body[M.B_BOOT_REASON] == M.BOOT_POWER_ON and birth.epoch == 1
+    window = ReplayWindow()
+    for s in obs.reports("ap-1"):
+        window.accept(s.msg.epoch, s.msg.seq)  # each (epoch, seq) once
+        metrics = s.msg.body
+        assert isinstance(metrics, dict) and s.msg.type == M.REPORT
+        assert len(metrics) >= 10 and set(range(16, 30)) <= set(metrics)
+        assert s.msg.ts is not None and abs(s.msg.ts - time.time()) < 30
+    sm = obs.reports("sn-1")[-1].msg.body
+    assert isinstance(sm, dict) and set(range(48, 64)) <= set(sm)
+    assert 300 < sm[48] < 900  # noise LAeq in 0.1 dBA
+    seqs = [s.msg.seq for s in obs.reports("ap-1")]
+    assert seqs == sorted(seqs)
+    # DEATH is reserved as BIRTH - 1: the first birth of boot 1 is seq 2
+    assert birth.seq == 2
+    assert a.proc is not None and a.proc.poll() is None
+
+
+def test_commands_acked_and_refusals_counted(
+    broker: Broker, obs: Observer, agents: Any, tmp_path: Path
+) -> None:
+    agents(make_flash(tmp_path, "ap-2", broker.port))
+    obs.wait(lambda: obs.items("ap-2", "birth"), 20, "birth")
+    time.sleep(0.3)  # subscriptions are in place once birth is out; leave a margin
+    _, seq, _ = obs.command("ap-2", M.OP_PING)
+    assert obs.ack_for("ap-2", seq).body[M.A_RESULT] == M.R_OK  # type: ignore[index]
+    # replay the very same signed bytes: refused, counted
+    _, seq2, payload = obs.command("ap-2", M.OP_PING)
+    obs.ack_for("ap-2", seq2)
+    obs.publish_raw("idu/1/porto/ap-2/cmd", payload)
+    # expired: issued 100 s ago with a 60 s lifetime
+    _, seq3, _ = obs.command("ap-2", M.OP_PING, ttl=60, ts=int(time.time()) - 100)
+    # bad tag: signed with another key
+    _, seq4, _ = obs.command("ap-2", M.OP_PING, key=key_for("intruder"))
+    assert obs.ack_for("ap-2", seq3).body[M.A_RESULT] == M.R_EXPIRED  # type: ignore[index]
+    assert obs.ack_for("ap-2", seq4).body[M.A_RESULT] == M.R_BAD_TAG  # type: ignore[index]
+    replay_acks = obs.wait(
+        lambda: (
+            [s for s in obs.items("ap-2", "ack") if s.msg.body[M.A_CMD_SEQ] == seq2]
+            if len([s for s in obs.items("ap-2", "ack") if s.msg.body[M.A_CMD_SEQ] == seq2]) >= 2
+            else None
+        ),
+        10,
+        "ack of the replayed command",
+    )
+    assert replay_acks[1].msg.body[M.A_RESULT] == M.R_REPLAY
+    _, seq5, _ = obs.command("ap-2", M.OP_DIAGNOSTICS)
+    diag = obs.ack_for("ap-2", seq5).body[M.A_DATA]  # type: ignore[index]
+    assert diag[8] == 1 and diag[9] == 1 and diag[10] == 1  # bad tag, expired, replay
+    assert 0 < diag[1] <= diag[2]  # heap high water within the heap
+    _, seq6, _ = obs.command("ap-2", 99)
+    assert obs.ack_for("ap-2", seq6).body[M.A_RESULT] == M.R_UNKNOWN_OP  # type: ignore[index]
+
+
+def test_set_config_persists_across_reboot(
+    broker: Broker, obs: Observer, agents: Any, tmp_path: Path
+) -> None:
+    a = agents(make_flash(tmp_path, "ap-3", broker.port))
+    obs.wait(lambda: obs.items("ap-3", "birth"), 20, "birth")
+    time.sleep(0.3)
+    hash1 = obs.items("ap-3", "birth")[0].msg.body[M.B_CONFIG_HASH]  # type: ignore[index]
+    _, seq, _ = obs.command("ap-3", M.OP_SET_CONFIG, {M.G_INTERVAL: 2, M.G_METRICS: [1, 16, 17]})
+    assert obs.ack_for("ap-3", seq).body[M.A_RESULT] == M.R_OK  # type: ignore[index]
+    obs.wait(lambda: set(obs.reports("ap-3")[-1].msg.body) == {1, 16, 17}, 10, "new metric set")
+    _, bad, _ = obs.command("ap-3", M.OP_SET_CONFIG, {M.G_INTERVAL: "fast"})
+    assert obs.ack_for("ap-3", bad).body[M.A_RESULT] == M.R_BAD_ARGS  # type: ignore[index]
+    _, seq, _ = obs.command("ap-3", M.OP_REBOOT)
+    assert obs.ack_for("ap-3", seq).body[M.A_RESULT] == M.R_OK  # type: ignore[index]
+    births = obs.wait(
+        lambda: len(obs.items("ap-3", "birth")) >= 2 and obs.items("ap-3", "birth"),
+        20,
+        "birth after reboot",
+    )
+    b2 = births[1].msg
+    assert b2.epoch == 2 and b2.body[M.B_BOOT_REASON] == M.BOOT_SOFT_RESET
+    assert b2.body[M.B_INTERVAL] == 2 and b2.body[M.B_CONFIG_HASH] != hash1
+    deaths = [s.msg for s in obs.items("ap-3", "death")]
+    assert deaths and deaths[0].body[M.D_REASON] == M.DEATH_REBOOT
+    assert deaths[0].seq == births[0].msg.seq - 1
+    obs.wait(lambda: [s for s in obs.reports("ap-3") if s.msg.epoch == 2], 10, "reports")
+    assert set(obs.reports("ap-3")[-1].msg.body) == {1, 16, 17}
+    assert a.proc is not None and a.proc.poll() is None
+
+
+def test_sigkill_publishes_death(
+    broker: Broker, obs: Observer, agents: Any, tmp_path: Path
+) -> None:
+    a = agents(make_flash(tmp_path, "ap-4", broker.port, keepalive=2))
+    obs.wait(lambda: obs.items("ap-4", "birth"), 20, "birth")
+    birth = obs.items("ap-4", "birth")[0].msg
+    a.kill(signal.SIGKILL)
+    death = obs.wait(lambda: obs.items("ap-4", "death"), 15, "death will")[0].msg
+    assert death.body[M.D_REASON] == M.DEATH_LOST  # type: ignore[index]
+    assert (death.epoch, death.seq) == (birth.epoch, birth.seq - 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"key": "abcd"}, "key"),
+        ({"broker": {"host": "127.0.0.1"}}, "broker.port"),
+        ({"kind": "lamp"}, "kind"),
+        ({"device": "Bad_Id"}, "device"),
+        ({"interval": "60"}, "interval"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_field(
+    tmp_path: Path, change: dict[str, Any], field: str
+) -> None:
+    flash = make_flash(tmp_path, "ap-9", 1, **change)
+    a = Agent(flash).start()
+    assert a.wait_exit(30) == 1
+    out = a.console()
+    assert "refusing to start" in out and f"'{field}'" in out, out
+
+
+def test_missing_config_is_refused(tmp_path: Path) -> None:
+    flash = tmp_path / "empty"
+    flash.mkdir()
+    a = Agent(flash).start()
+    assert a.wait_exit(30) == 1
+    assert "config.json not found" in a.console()

@@ -1,0 +1,66 @@
+"""The agent over TLS: the broker's certificate is verified against the project CA (PEM in the
+bundle, converted to DER on the device), reports arrive and verify; an agent trusting another
+CA never gets through."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from controller.security import ca
+from tests.firmware.harness import Agent, Observer, make_flash
+from tests.support.broker import Broker, free_port
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def tls_broker(factory: Callable[..., Broker], cadir: Path) -> tuple[Broker, int]:
+    port = free_port()
+    extra = [
+        f"listener {port} 127.0.0.1",
+        f"cafile {cadir / 'ca.crt'}",
+        f"certfile {cadir / 'server.crt'}",
+        f"keyfile {cadir / 'server.key'}",
+    ]
+    if os.geteuid() == 0:
+        extra.insert(0, "user root")
+    return factory(extra=extra), port
+
+
+def test_agent_over_tls(broker_factory: Callable[..., Broker], tmp_path: Path) -> None:
+    cadir = tmp_path / "ca"
+    ca.init_ca(cadir)
+    ca.issue_server(cadir, ["localhost", "127.0.0.1"])
+    other = tmp_path / "other"
+    ca.init_ca(other)
+    broker, tls_port = tls_broker(broker_factory, cadir)
+    obs = Observer(broker.port).start()  # the plain listener, for observing only
+
+    def tls(ca_file: Path) -> dict[str, object]:
+        return {
+            "host": "127.0.0.1",
+            "port": tls_port,
+            "tls": True,
+            "ca": str(ca_file),
+            "username": None,
+            "password": None,
+        }
+
+    good = Agent(make_flash(tmp_path, "ap-tls", 0, broker=tls(cadir / "ca.crt"))).start()
+    bad = Agent(make_flash(tmp_path, "ap-rogue", 0, broker=tls(other / "ca.crt"))).start()
+    try:
+        obs.wait(lambda: len(obs.reports("ap-tls")) >= 5, 30, "reports over TLS")
+        time.sleep(1.0)
+        assert not obs.items("ap-rogue")
+        assert not obs.bad
+    finally:
+        good.kill()
+        bad.kill()
+        obs.stop()
+    assert "connected" in good.console()
+    out = bad.console()
+    assert "connected" not in out and "link down" in out, out

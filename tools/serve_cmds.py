@@ -1,0 +1,155 @@
+"""`idufleet serve` (the controller service) and `idufleet device ...` (the registry, written
+straight to the store named in the config: used on the controller host and by the demo)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import click
+
+from controller import registry
+from controller.config import Config, load
+from controller.errors import ControllerError
+from controller.keys import load_master
+from controller.logs import setup
+from controller.store import open_store
+from tools.errors import CliError
+
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="IDUFLEET_CONFIG",
+    help="TOML config (see deploy/idufleet.toml); IDUFLEET_<SECTION>_<KEY> overrides it.",
+)
+
+
+def _load(config_path: Path | None) -> Config:
+    try:
+        return load(config_path)
+    except ControllerError as e:
+        raise CliError(str(e)) from None
+
+
+async def _serve(cfg: Config) -> None:
+    from controller.app import Controller
+
+    ctl = Controller(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, ctl.stop)
+    await ctl.run()
+
+
+@click.command("serve")
+@_config_option
+@click.option("--init", is_flag=True, help="Create the master key file if it does not exist.")
+@click.option("--check", is_flag=True, help="Validate the config, print it (secrets hidden), exit.")
+def serve(config_path: Path | None, init: bool, check: bool) -> None:
+    """Run the fleet controller until SIGTERM/SIGINT (then flush and disconnect cleanly)."""
+    cfg = _load(config_path)
+    if check:
+        click.echo(json.dumps(cfg.redacted(), indent=2))
+        return
+    setup(cfg.log.level, cfg.log.json)
+    try:
+        load_master(cfg.keys, create=init)
+        asyncio.run(_serve(cfg))
+    except ControllerError as e:
+        raise CliError(str(e)) from None
+
+
+@click.group("device")
+def device_group() -> None:
+    """The device registry (local store): add, disable, enable, show a key."""
+
+
+@device_group.command("add")
+@_config_option
+@click.argument("device_id")
+@click.option("--site", default="porto", show_default=True)
+@click.option("--zone", required=True, help="One of the config's [fleet] zones (ribeira, foz...).")
+@click.option("--kind", type=click.Choice(registry.KINDS), required=True)
+@click.option("--tag", "tags", multiple=True, help="key=value, repeatable.")
+@click.option(
+    "--bundle",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the device's config.json here (owner-only) instead of printing the key.",
+)
+@click.option("--broker-host", default="127.0.0.1", show_default=True)
+@click.option("--broker-port", type=int, default=1883, show_default=True)
+def device_add(
+    config_path: Path | None,
+    device_id: str,
+    site: str,
+    zone: str,
+    kind: str,
+    tags: tuple[str, ...],
+    bundle: Path | None,
+    broker_host: str,
+    broker_port: int,
+) -> None:
+    """Register DEVICE_ID; its generated key is shown once (or written into --bundle)."""
+    cfg = _load(config_path)
+    tag_map: dict[str, str] = {}
+    for t in tags:
+        k, sep, v = t.partition("=")
+        if not sep:
+            raise click.BadParameter(f"tag {t!r} is not key=value", param_hint="--tag")
+        tag_map[k] = v
+    try:
+        registry.check_zone(zone, cfg.fleet.zones)  # before the master key or store is touched
+        master = load_master(cfg.keys, create=True)
+        store = open_store(cfg.store)
+        try:
+            new = registry.create_device(
+                store, master, device_id, site, zone, kind, tag_map, zones=cfg.fleet.zones
+            )
+        finally:
+            store.close()
+    except ControllerError as e:
+        raise CliError(str(e)) from None
+    if bundle is not None:
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(bundle, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # owner-only even when the file existed with wider permissions
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(new.bundle(broker_host, broker_port), indent=2) + "\n")
+        click.echo(f"registered {device_id}; config bundle written to {bundle}")
+    else:
+        click.echo(f"registered {device_id}; key (shown once): {new.key.hex()}")
+
+
+def _set_status(config_path: Path | None, device_id: str, enable: bool) -> None:
+    cfg = _load(config_path)
+    try:
+        store = open_store(cfg.store)
+        try:
+            (registry.enable_device if enable else registry.disable_device)(store, device_id)
+        finally:
+            store.close()
+    except ControllerError as e:
+        raise CliError(str(e)) from None
+    click.echo(f"{device_id} {'enabled' if enable else 'disabled'}")
+
+
+@device_group.command("disable")
+@_config_option
+@click.argument("device_id")
+def device_disable(config_path: Path | None, device_id: str) -> None:
+    """Refuse every further message from DEVICE_ID (the controller picks it up within 10 s)."""
+    _set_status(config_path, device_id, False)
+
+
+@device_group.command("enable")
+@_config_option
+@click.argument("device_id")
+def device_enable(config_path: Path | None, device_id: str) -> None:
+    """Accept DEVICE_ID's messages again."""
+    _set_status(config_path, device_id, True)
