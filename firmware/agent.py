@@ -86,9 +86,11 @@ class Agent:
         self.t_cfg = (base + "cfg").encode()
         self.t_ota = (base + "ota").encode()
         self.ring = RingFile(flash, cfg["buffer"], _SLOT)
-        self.rep_buf = bytearray(_SLOT)  # the report being built
-        self.tx_buf = bytearray(_SLOT)  # the ring head being sent
-        self.ctl_buf = bytearray(384)  # birth, death, ack, event
+        # One buffer for the report being built, the ring head being sent and birth/ack/event:
+        # each use fills it and hands it to the link without an await in between, and the
+        # link's stream write sends or copies it before its first await (measured: a stream
+        # write under backpressure keeps its own copy), so the uses never overlap.
+        self.buf = bytearray(_SLOT)
         self.will_buf = bytearray(96)
         self.link = Link(cfg["broker"], cfg["device"], cfg["keepalive"], self.on_publish)
         try:
@@ -159,14 +161,14 @@ class Agent:
         return a
 
     async def publish_ctl(self, topic, mtype, body, seq=0):
-        """Birth, event, ack, death: signed into ctl_buf, QoS 1, awaited. Raises OSError when the
+        """Birth, event, ack, death: signed into buf, QoS 1, awaited. Raises OSError when the
         link is down: these are state, not data, so they are not buffered."""
-        w = Writer(self.ctl_buf)
+        w = Writer(self.buf)
         write_head(w, mtype, self.epoch, seq or self.next_seq(), self.now(), self.uptime())
         w.value(body, 1)
         n = seal(w, self.signer, topic)
         pid = self.link.next_pid()
-        await self.link.publish(topic, self.ctl_buf, n, 1, pid)
+        await self.link.publish(topic, self.buf, n, 1, pid)
         return await self.link.wait_ack(pid)
 
     async def ack(self, epoch, seq, result, data=None):
@@ -240,11 +242,11 @@ class Agent:
             _B_INTERVAL: cfg["interval"],
             _B_BUFFERED: self.ring.state.count,
         }
-        w = Writer(self.ctl_buf)
+        w = Writer(self.buf)
         write_head(w, _BIRTH, self.epoch, seq, self.now(), self.uptime())
         w.value(body, 1)
         n = seal(w, self.signer, self.t_birth)
-        await self.link.publish(self.t_birth, self.ctl_buf, n, 1, self.link.next_pid())
+        await self.link.publish(self.t_birth, self.buf, n, 1, self.link.next_pid())
         if self.safe:
             asyncio.create_task(self.event(_EV_SAFE_MODE, 2, "crash loop: sensors off"))
         d = self.ring.state.dropped
@@ -258,14 +260,14 @@ class Agent:
         ring = self.ring
         link = self.link
         gap = 1000 // max(1, self.cfg["replay_rate"])
-        mv = memoryview(self.tx_buf)
+        mv = memoryview(self.buf)
         while True:
             await self.ready.wait()
             if not ring.state.count:
                 self.ring_evt.clear()
                 await self.ring_evt.wait()
                 continue
-            n = ring.read_head(self.tx_buf)
+            n = ring.read_head(self.buf)
             if n <= 0:
                 ring.pop()  # unreadable slot: count it lost rather than stall forever
                 ring.state.dropped += 1
@@ -330,7 +332,7 @@ class Agent:
         return False
 
     def record(self, now_ms):
-        """Sign the current sample (or the completed batch) into rep_buf and push it to the
+        """Sign the current sample (or the completed batch) into buf and push it to the
         ring: no allocation beyond the HMAC."""
         ids, vals, last = self.ids, self.vals, self.last
         for i in range(len(vals)):
@@ -347,7 +349,7 @@ class Agent:
             self.batch_len += 1
             if self.batch_len < self.batch_n:
                 return
-        w = Writer(self.rep_buf)
+        w = Writer(self.buf)
         write_head(
             w,
             _BATCH if batch else _REPORT,
@@ -369,7 +371,7 @@ class Agent:
                 w.integer(ids[i])
                 w.integer(vals[i])
         self.batch_len = 0
-        self.ring.push(self.rep_buf, seal(w, self.signer, self.t_rep))
+        self.ring.push(self.buf, seal(w, self.signer, self.t_rep))
         self.heap_mark()
         self.reports += 1
         self.ring_evt.set()
