@@ -1,6 +1,10 @@
 """The ESP32 board: Wi-Fi station with reconnect, hardware watchdog, reset cause, NTP time, and
-I2C sensor drivers behind one small interface (driver.read(ids, vals) fills what it measures).
-Loaded only on an ESP32 (boot.py imports the chosen board by name)."""
+the I2C sensors found at start (SHT3x temperature/humidity, BH1750 light). Loaded only on an
+ESP32 (boot.py imports the chosen board by name).
+
+The module is the board, like board_sim: boot.py calls start(cfg, flash) once, then hands the
+module to the agent (ms, real_ms, unix, reset_cause, net_up, rssi, wdt_feed, sample, name). No
+classes and one state list: every name a module introduces stays interned for the whole run."""
 
 import time
 
@@ -10,132 +14,126 @@ from micropython import const
 
 _WDT_MS = const(30000)  # the main loop feeds every 200 ms; 30 s covers a slow TLS handshake
 _WIFI_TIMEOUT_MS = const(15000)
+_SHT3X = const(0x44)  # I2C addresses
+_BH1750 = const(0x23)
 
-# machine.reset_cause() -> protocol.messages BOOT_*
-_CAUSES = {
-    machine.PWRON_RESET: 0,
-    machine.HARD_RESET: 1,
-    machine.WDT_RESET: 2,
-    machine.SOFT_RESET: 3,
-    machine.DEEPSLEEP_RESET: 4,
-}
+# _st slots
+_T0 = const(0)  # ticks_ms() at start
+_WDT = const(1)
+_STA = const(2)  # the station interface
+_AP = const(3)  # the access point interface on an "ap" board, else None
+_SYNCED = const(4)  # NTP has set the RTC
+_WIFI = const(5)  # cfg["wifi"]
+_I2C = const(6)  # the sensor bus on a "sensor" board, else None
+_FOUND = const(7)  # sensors on the bus: 1 SHT3x, 2 BH1750
+_BUF = const(8)  # SHT3x reading
 
-
-class Sht3x:
-    """SHT3x temperature (57, 0.01 C) and humidity (58, 0.1 %RH), single-shot high repeatability."""
-
-    def __init__(self, i2c, addr=0x44):
-        self.i2c = i2c
-        self.addr = addr
-        self.buf = bytearray(6)
-
-    def read(self, ids, vals):
-        self.i2c.writeto(self.addr, b"\x24\x00")
-        time.sleep_ms(16)
-        self.i2c.readfrom_into(self.addr, self.buf)
-        b = self.buf
-        t = (b[0] << 8) | b[1]
-        h = (b[3] << 8) | b[4]
-        for i in range(len(ids)):
-            if ids[i] == 57:
-                vals[i] = -4500 + 17500 * t // 65535
-            elif ids[i] == 58:
-                vals[i] = 1000 * h // 65535
+name = "esp32"
+_st: list = [0, None, None, None, False, None, None, 0, None]
 
 
-class Bh1750:
-    """BH1750 ambient light (63, lx), one-time high resolution mode."""
-
-    def __init__(self, i2c, addr=0x23):
-        self.i2c = i2c
-        self.addr = addr
-        self.buf = bytearray(2)
-
-    def read(self, ids, vals):
-        self.i2c.writeto(self.addr, b"\x20")
-        time.sleep_ms(180)
-        self.i2c.readfrom_into(self.addr, self.buf)
-        lx = ((self.buf[0] << 8) | self.buf[1]) * 10 // 12
-        for i in range(len(ids)):
-            if ids[i] == 63:
-                vals[i] = lx
+def start(cfg, flash):
+    """Start the watchdog and the radio interfaces, and look for sensors on a "sensor" board."""
+    _st[_T0] = time.ticks_ms()
+    _st[_WDT] = machine.WDT(timeout=_WDT_MS)
+    _st[_STA] = network.WLAN(network.STA_IF)
+    _st[_AP] = network.WLAN(network.AP_IF) if cfg["kind"] == "ap" else None
+    _st[_WIFI] = cfg.get("wifi")
+    _st[_FOUND] = 0
+    if cfg["kind"] == "sensor":
+        i2c = machine.I2C(0, freq=100000)
+        found = i2c.scan()
+        _st[_I2C] = i2c
+        _st[_FOUND] = (1 if _SHT3X in found else 0) | (2 if _BH1750 in found else 0)
+        _st[_BUF] = bytearray(6)
 
 
-class Board:
-    name = "esp32"
+def ms():
+    return time.ticks_diff(time.ticks_ms(), _st[_T0])
 
-    def __init__(self, cfg, flash):
-        self.cfg = cfg
-        self.t0 = time.ticks_ms()
-        self.wdt = machine.WDT(timeout=_WDT_MS)
-        self.sta = network.WLAN(network.STA_IF)
-        self.ap = network.WLAN(network.AP_IF) if cfg["kind"] == "ap" else None
-        self.synced = False
-        self.drivers: list = []
-        if cfg["kind"] == "sensor":
-            i2c = machine.I2C(0, freq=100000)
-            found = i2c.scan()
-            if 0x44 in found:
-                self.drivers.append(Sht3x(i2c))
-            if 0x23 in found:
-                self.drivers.append(Bh1750(i2c))
 
-    def ms(self):
-        return time.ticks_diff(time.ticks_ms(), self.t0)
+def real_ms(ms):
+    return ms
 
-    def real_ms(self, board_ms):
-        return board_ms
 
-    def unix(self):
-        """Unix seconds once NTP has set the RTC, else None (the agent then learns the time
-        from verified downlink messages)."""
-        if not self.synced:
-            return None
-        return time.time() + 946684800 if time.gmtime(0)[0] == 2000 else time.time()
+def unix():
+    """Unix seconds once NTP has set the RTC, else None (the agent then learns the time
+    from verified downlink messages)."""
+    if not _st[_SYNCED]:
+        return None
+    return time.time() + 946684800 if time.gmtime(0)[0] == 2000 else time.time()
 
-    def reset_cause(self, prev_end):
-        if prev_end == 0 and machine.reset_cause() != machine.PWRON_RESET:
-            return 5  # BOOT_CRASH: the previous run never ended cleanly
-        return _CAUSES.get(machine.reset_cause(), 1)
 
-    async def net_up(self):
-        """Join the configured Wi-Fi (raises OSError after a timeout: the agent backs off)."""
-        import asyncio
+def reset_cause(end):
+    """protocol.messages BOOT_* from machine.reset_cause(); end is how the previous run ended."""
+    cause = machine.reset_cause()
+    if end == 0 and cause != machine.PWRON_RESET:
+        return 5  # BOOT_CRASH: the previous run never ended cleanly
+    return {
+        machine.PWRON_RESET: 0,
+        machine.HARD_RESET: 1,
+        machine.WDT_RESET: 2,
+        machine.SOFT_RESET: 3,
+        machine.DEEPSLEEP_RESET: 4,
+    }.get(cause, 1)
 
-        sta = self.sta
-        if not sta.isconnected():
-            w = self.cfg["wifi"]
-            sta.active(True)
-            sta.connect(w["ssid"], w["password"])
-            t = time.ticks_ms()
-            while not sta.isconnected():
-                if time.ticks_diff(time.ticks_ms(), t) > _WIFI_TIMEOUT_MS:
-                    raise OSError("wifi: no connection to " + w["ssid"])
-                await asyncio.sleep(0.2)
-        if not self.synced:
-            try:
-                import ntptime
 
-                ntptime.settime()
-                self.synced = True
-            except OSError:
-                pass
+async def net_up():
+    """Join the configured Wi-Fi (raises OSError after a timeout: the agent backs off)."""
+    import asyncio
 
-    def rssi(self):
+    sta = _st[_STA]
+    if not sta.isconnected():
+        w = _st[_WIFI]
+        sta.active(True)
+        sta.connect(w["ssid"], w["password"])
+        t = time.ticks_ms()
+        while not sta.isconnected():
+            if time.ticks_diff(time.ticks_ms(), t) > _WIFI_TIMEOUT_MS:
+                raise OSError("wifi: no connection to " + w["ssid"])
+            await asyncio.sleep(0.2)
+    if not _st[_SYNCED]:
         try:
-            return self.sta.status("rssi")
-        except (OSError, ValueError):
-            return 0
+            import ntptime
 
-    def wdt_feed(self):
-        self.wdt.feed()
+            ntptime.settime()
+            _st[_SYNCED] = True
+        except OSError:
+            pass
 
-    def sample(self, ids, vals, period_s):
-        """Read every driver; on an access point also the associated-station count (16)."""
-        for d in self.drivers:
-            d.read(ids, vals)
-        if self.ap is not None:
-            n = len(self.ap.status("stations"))  # type: ignore[arg-type]  # a list on an AP
-            for i in range(len(ids)):
-                if ids[i] == 16:
-                    vals[i] = n
+
+def rssi():
+    try:
+        return _st[_STA].status("rssi")
+    except (OSError, ValueError):
+        return 0
+
+
+def wdt_feed():
+    _st[_WDT].feed()
+
+
+def sample(ids, vals, period_s):
+    """Read the sensors found at start: SHT3x temperature (57, 0.01 C) and humidity (58,
+    0.1 %RH), single-shot high repeatability; BH1750 illuminance (63, lx), one-time high
+    resolution. On an access point also the associated-station count (16)."""
+    i2c, found, b = _st[_I2C], _st[_FOUND], _st[_BUF]
+    t = h = lx = n = None
+    if found & 1:
+        i2c.writeto(_SHT3X, b"\x24\x00")
+        time.sleep_ms(16)
+        i2c.readfrom_into(_SHT3X, b)
+        t = -4500 + 17500 * ((b[0] << 8) | b[1]) // 65535
+        h = 1000 * ((b[3] << 8) | b[4]) // 65535
+    if found & 2:
+        i2c.writeto(_BH1750, b"\x20")
+        time.sleep_ms(180)
+        raw = i2c.readfrom(_BH1750, 2)
+        lx = ((raw[0] << 8) | raw[1]) * 10 // 12
+    if _st[_AP] is not None:
+        n = len(_st[_AP].status("stations"))  # a list on an AP
+    for i in range(len(ids)):
+        m = ids[i]
+        v = t if m == 57 else h if m == 58 else lx if m == 63 else n if m == 16 else None
+        if v is not None:
+            vals[i] = v

@@ -1,39 +1,27 @@
-"""Boot-time work, loaded once and unloaded after (agent.py deletes it from sys.modules so its code
+"""Boot-time work, loaded once and unloaded after (main.py deletes it from sys.modules so its code
 does not sit in the heap): validate <flash>/config.json (docs/DEVICE-CONFIG.md) into one
 plain dict with every default filled in, apply the persisted overrides, advance the boot epoch,
-run the crash-loop rule, and pick the board. ConfigError names the field to fix."""
+run the crash-loop rule, and pick the board. ConfigError names the field to fix.
+
+What boot loads is freed, but every name it introduces stays interned for the whole run: so no
+module-level tables (defaults live inside validate()), argument names the rest of the firmware
+uses too, and messages longer than 10 characters (shorter str constants are interned)."""
 
 import json
 import sys
 
 from bootstate import END_STABLE, END_UNCLEAN, read_state, write_state
-from tunables import ConfigError, apply, check_tunables, config_hash  # noqa: F401
-from tunables import bad as _bad
-
-# Optional fields and their defaults, in one place (docs/DEVICE-CONFIG.md).
-DEFAULTS = {
-    "board": None,
-    "interval": 60,
-    "batch": 1,
-    "metrics": None,
-    "deadbands": {},
-    "keepalive": 60,
-    "replay_rate": 20,
-    "buffer": 256,
-    "backoff": {"base_ms": 1000, "cap_ms": 60000},
-    "crash": {"max": 3, "window": 300, "stable": 60},
-    "sim": {"speed": 1, "seed": 1, "fault": None, "fault_after": 0},
-}
-_IDS = ("device", "site", "zone")
-_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
+from tunables import ConfigError, apply, bad, check_tunables, config_hash  # noqa: F401
 
 
-def _get(d, key, kind, where=""):
-    if key not in d:
-        raise _bad(where + key, "is missing")
-    v = d[key]
+def _get(raw, name, kind):
+    """raw[key] of type kind, where name is the field as the user knows it ("broker.host")."""
+    key = name[name.find(".") + 1 :]
+    if key not in raw:
+        raise bad(name, "is missing from config.json")
+    v = raw[key]
     if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
-        raise _bad(where + key, "has the wrong type")
+        raise bad(name, "has the wrong type")
     return v
 
 
@@ -42,14 +30,15 @@ def validate(raw):
     if not isinstance(raw, dict):
         raise ConfigError("config: config.json must hold one JSON object")
     cfg = {}
-    for k in _IDS:
+    for k in ("device", "site", "zone"):
         v = _get(raw, k, str)
-        if not 0 < len(v) <= 32 or v[0] == "-" or any(c not in _CHARS for c in v):
-            raise _bad(k, "must be 1-32 chars of a-z 0-9 -")
+        chars = "abcdefghijklmnopqrstuvwxyz0123456789-"
+        if not 0 < len(v) <= 32 or v[0] == "-" or any(c not in chars for c in v):
+            raise bad(k, "must be 1-32 chars of a-z 0-9 -")
         cfg[k] = v
     cfg["kind"] = _get(raw, "kind", str)
     if cfg["kind"] not in ("ap", "sensor"):
-        raise _bad("kind", "must be 'ap' or 'sensor'")
+        raise bad("kind", "must be 'ap' or 'sensor'")
     key = _get(raw, "key", str)
     try:
         import binascii
@@ -58,14 +47,14 @@ def validate(raw):
     except ValueError:
         cfg["key"] = b""
     if len(cfg["key"]) != 32:
-        raise _bad("key", "must be 64 hex digits")
+        raise bad("key", "must be 64 hex digits")
     b = _get(raw, "broker", dict)
     pw = b.get("password")
     if pw is not None and not isinstance(pw, str):
-        raise _bad("broker.password", "must be a string or null")
+        raise bad("broker.password", "must be a string or null")
     cfg["broker"] = {
-        "host": _get(b, "host", str, "broker."),
-        "port": _get(b, "port", int, "broker."),
+        "host": _get(b, "broker.host", str),
+        "port": _get(b, "broker.port", int),
         "tls": bool(b.get("tls")),
         "ca": b.get("ca"),
         "username": b.get("username") or cfg["device"],
@@ -73,24 +62,51 @@ def validate(raw):
     }
     if "wifi" in raw:
         w = _get(raw, "wifi", dict)
-        cfg["wifi"] = {"ssid": _get(w, "ssid", str, "wifi."), "password": w.get("password")}
-    for k, v in DEFAULTS.items():
+        cfg["wifi"] = {"ssid": _get(w, "wifi.ssid", str), "password": w.get("password")}
+    # Optional fields and their defaults, in one place (docs/DEVICE-CONFIG.md).
+    for k, v in {
+        "board": None,
+        "interval": 60,
+        "batch": 1,
+        "metrics": None,
+        "deadbands": {},
+        "keepalive": 60,
+        "replay_rate": 20,
+        "buffer": 256,
+        "backoff": {"base_ms": 1000, "cap_ms": 60000},
+        "crash": {"max": 3, "window": 300, "stable": 60},
+        "sim": {"speed": 1, "seed": 1, "fault": None, "fault_after": 0},
+    }.items():
         got = raw.get(k, v)
         if isinstance(v, dict) and isinstance(got, dict):
             merged = dict(v)
             merged.update(got)
             got = merged
         elif v is not None and got is not None and type(got) is not type(v):
-            raise _bad(k, "has the wrong type")
+            raise bad(k, "has the wrong type")
         cfg[k] = got
     if cfg["buffer"] < 4:
-        raise _bad("buffer", "must be at least 4")
-    check_tunables(cfg, "")
+        raise bad("buffer", "must be at least 4")
+    check_tunables(cfg)
     return cfg
 
 
-def load_config(flash):
-    """Read, validate, then apply <flash>/config.over (overrides persisted by set_config)."""
+def decide(count, start, end, now, limit, window):
+    """(crashes, window start, safe_mode) for this boot, from count crashes since start and how
+    the last run ended. An unclean end counts as a crash; more than limit of them within window
+    seconds of the first means safe mode."""
+    if end != END_UNCLEAN:
+        return 0, now, False
+    if now - start > window:
+        count, start = 0, now
+    count += 1
+    return count, start, count > limit
+
+
+def start(flash):
+    """Everything boot decides: (cfg, board, epoch, safe_mode, boot_reason, config hash), or None
+    when config.json holds a claim bundle instead of a key (main.py claims, then boots again).
+    The board is its module (board_sim or board_esp32), set up by its start(cfg, flash)."""
     try:
         with open(flash + "/config.json") as f:
             raw = json.load(f)
@@ -98,42 +114,46 @@ def load_config(flash):
         raise ConfigError("config: %s/config.json not found: provision the device" % flash)
     except ValueError:
         raise ConfigError("config: config.json is not valid JSON")
+    if isinstance(raw, dict) and "claim" in raw and "key" not in raw:
+        return None
     cfg = validate(raw)
-    try:
+    del raw
+    try:  # <flash>/config.over: the overrides set_config persisted
         from protocol.codec import unpackb
 
         with open(flash + "/config.over", "rb") as f:
-            over = unpackb(f.read())
-        apply(cfg, over)
+            apply(cfg, unpackb(f.read()))
     except (OSError, ValueError, ConfigError, AttributeError):
         pass
-    return cfg
-
-
-# -------------------------------------------------------------------------- boot state
-
-
-def decide(crashes, window_start, ended, now, max_crashes, window_s):
-    """(crashes, window_start, safe_mode) for this boot. An unclean end counts as a crash; more
-    than max_crashes of them within window_s seconds of the first means safe mode."""
-    if ended != END_UNCLEAN:
-        return 0, now, False
-    if now - window_start > window_s:
-        crashes, window_start = 0, now
-    crashes += 1
-    return crashes, window_start, crashes > max_crashes
-
-
-def start(flash):
-    """Everything boot decides: (cfg, board, epoch, safe_mode, boot_reason, config hash)."""
-    cfg = load_config(flash)
     name = cfg["board"] or ("esp32" if sys.platform == "esp32" else "sim")
     if name not in ("sim", "esp32"):
-        raise _bad("board", "must be 'esp32' or 'sim'")
-    board = __import__("board_" + name).Board(cfg, flash)  # only the chosen board is loaded
+        raise bad("board", "must be 'esp32' or 'sim'")
+    # only the chosen board is loaded ("board_esp32" is longer than 10 chars: not interned)
+    board = __import__("board_esp32" if name == "esp32" else "board_sim")
+    board.start(cfg, flash)
     st = read_state(flash) or (0, 0, 0, END_STABLE)
     c = cfg["crash"]
-    crashes, wstart, safe = decide(st[1], st[2], st[3], board.unix() or 0, c["max"], c["window"])
+    count, since, safe = decide(st[1], st[2], st[3], board.unix() or 0, c["max"], c["window"])
     epoch = (st[0] + 1) & 0xFFFFFFFF
-    write_state(flash, epoch, crashes, wstart, END_UNCLEAN)
+    write_state(flash, epoch, count, since, END_UNCLEAN)
     return cfg, board, epoch, safe, board.reset_cause(st[3]), config_hash(cfg)
+
+
+def run():
+    """main.py's boot step: (flash, start(flash)). Flash is argv[1], else $IDU_FLASH, else "/".
+    Exits 1 naming the field when the config is refused."""
+    import os
+
+    try:
+        os.stat(sys.path[0] + "/agent.mpy")
+    except OSError:
+        print("idu: no firmware/_mpy (run `idufleet firmware build`): running sources")
+    try:
+        flash = sys.argv[1] if len(sys.argv) > 1 else os.getenv("IDU_FLASH") or "/"
+    except AttributeError:  # no environment on a board
+        flash = "/"
+    try:
+        return flash, start(flash)
+    except ConfigError as e:
+        print("idu: refusing to start:", e)
+        sys.exit(1)

@@ -8,7 +8,7 @@ from micropython import const
 END_UNCLEAN = const(0)  # killed, crashed, lost power: the next boot counts it as a crash
 END_REBOOT = const(1)  # reboot command: not a crash
 END_STABLE = const(2)  # ran crash.stable seconds: the counter was cleared
-_FMT = "<IIIII"  # epoch, crashes, window start (unix s), end marker, magic
+_FMT = const("<IIIII")  # epoch, crashes, window start (unix s), end marker, magic
 _MAGIC = const(0x49445553)
 
 
@@ -31,8 +31,9 @@ def read_state(flash):
         return None
 
 
-def write_state(flash, epoch, crashes, window_start, end):
-    write(flash + "/boot.state", struct.pack(_FMT, epoch, crashes, window_start, end, _MAGIC))
+def write_state(flash, epoch, count, start, end):
+    """count crashes since the window's start (unix s); end: how this run ends (END_*)."""
+    write(flash + "/boot.state", struct.pack(_FMT, epoch, count, start, end, _MAGIC))
 
 
 def mark(flash, end):

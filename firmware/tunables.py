@@ -7,37 +7,39 @@ class ConfigError(Exception):
     """config.json is missing or unreadable, or a field is absent, mistyped or out of range."""
 
 
-def bad(field, why):
-    return ConfigError("config: field '%s' %s" % (field, why))
+def bad(name, reason):
+    """The error naming a config field (argument names are builtin names: no new qstrs)."""
+    return ConfigError("config: field '%s' %s" % (name, reason))
 
 
-def check_tunables(cfg, where):
-    """The command-settable fields (also checked for set_config args); normalises deadbands."""
+def check_tunables(cfg):
+    """The command-settable fields (also checked for set_config args, whose error text nobody
+    reads: cmds answers BAD_ARGS); normalises deadbands."""
     if not isinstance(cfg["interval"], int) or cfg["interval"] < 1:
-        raise bad(where + "interval", "must be an int >= 1")
+        raise bad("interval", "must be an int >= 1")
     if not isinstance(cfg["batch"], int) or not 1 <= cfg["batch"] <= 4:
-        raise bad(where + "batch", "must be 1..4")
+        raise bad("batch", "must be 1..4")
     m = cfg["metrics"]
     if m is not None and (not isinstance(m, list) or any(not isinstance(i, int) for i in m)):
-        raise bad(where + "metrics", "must be a list of metric ids")
+        raise bad("metrics", "must be a list of metric ids")
     d = cfg["deadbands"]
     clean = {}
     try:
         for k, v in d.items():
             clean[int(k)] = int(v)
     except (AttributeError, TypeError, ValueError):
-        raise bad(where + "deadbands", "must map metric id to delta")
+        raise bad("deadbands", "must map metric id to delta")
     cfg["deadbands"] = clean
 
 
-def apply(cfg, g):
+def apply(cfg, args):
     """Apply a CONFIG body / set_config args (protocol.messages G_* keys) to cfg; raises
     ConfigError and leaves cfg unchanged on a bad value."""
     trial = dict(cfg)
     for key, name in ((0, "interval"), (1, "deadbands"), (2, "metrics"), (3, "batch")):
-        if key in g:
-            trial[name] = g[key]
-    check_tunables(trial, "args.")
+        if key in args:
+            trial[name] = args[key]
+    check_tunables(trial)
     cfg.update(trial)
 
 
