@@ -1,6 +1,6 @@
 """The device agent: four tasks over one MQTT link (connectivity, reporter, ring drain, downlink)
 plus housekeeping (watchdog, heap high-water, crash-loop clearing). Hardware is reached only
-through the board object boot.py picked. Boot-only and command-only code (boot.py, cmds.py) is
+through the board object startup.py picked. Boot-only and command-only code (startup.py, cmds.py) is
 imported when needed and unloaded after, to keep the resident code inside a 64 KiB heap."""
 
 import asyncio
@@ -69,7 +69,7 @@ def unload(*names):
 
 class Agent:
     def __init__(self, flash, booted):
-        """booted: what boot.start(flash) returned (main.py runs it before importing this module,
+        """booted: what startup.start(flash) returned (main.py runs it before importing this module,
         so boot's code and the agent's are never in the heap together)."""
         self.flash = flash
         cfg, self.board, self.epoch, self.safe, self.boot_reason, self.cfg_hash = booted

@@ -1,8 +1,8 @@
 """The ESP32 board: Wi-Fi station with reconnect, hardware watchdog, reset cause, NTP time, and
 the I2C sensors found at start (SHT3x temperature/humidity, BH1750 light). Loaded only on an
-ESP32 (boot.py imports the chosen board by name).
+ESP32 (startup.py imports the chosen board by name).
 
-The module is the board, like board_sim: boot.py calls start(cfg, flash) once, then hands the
+The module is the board, like board_sim: startup.py calls start(cfg, flash) once, then hands the
 module to the agent (ms, real_ms, unix, reset_cause, net_up, rssi, wdt_feed, sample, name). No
 classes and one state list: every name a module introduces stays interned for the whole run."""
 

@@ -4,7 +4,7 @@ and PM2.5 at rush hours, a temperature cycle), a no-op watchdog, the flash direc
 filesystem. `sim.fault` = "crash" makes the sensor driver raise after `sim.fault_after` samples
 (exercises the crash-loop detector).
 
-The module is the board (boot.py calls start() once, then hands the module to the agent): no
+The module is the board (startup.py calls start() once, then hands the module to the agent): no
 class, no instance, one state list, and both tables in one bytes constant, so the board costs
 little heap and sampling allocates nothing."""
 

@@ -2,10 +2,11 @@
     MICROPYPATH=<repo>:<repo>/firmware micropython -X heapsize=64K <repo>/firmware/main.py <flash>
 (or IDU_FLASH=<flash>); on an ESP32 it runs from "/" with flash "/". Prefers the precompiled
 bytecode in firmware/_mpy/ (`idufleet firmware build`): compiling the sources on the device does
-not fit a small heap. Boot code runs and is unloaded before the agent's code is loaded.
+not fit a small heap. Boot code (startup.py; not boot.py, which an ESP32 runs by itself at
+power-on) runs and is unloaded before the agent's code is loaded.
 
 This file is compiled from source and its code stays in the heap for the whole run: everything
-that runs once (flash path, config, board, the _mpy check) is boot.run()'s, which is unloaded."""
+that runs once (flash path, config, board, the _mpy check) is startup.run()'s, which is unloaded."""
 
 import gc
 import sys
@@ -17,11 +18,11 @@ if ".frozen" not in sys.path:
 
 def main():
     while True:
-        import boot
+        import startup
 
-        flash, booted = boot.run()
-        del boot
-        for name in ("boot", "bootstate", "tunables"):
+        flash, booted = startup.run()
+        del startup
+        for name in ("startup", "bootstate", "tunables"):
             sys.modules.pop(name, None)  # boot-only code: freed before the agent loads
         gc.collect()
         if booted is None:  # provisioned with a claim bundle: fetch the identity, boot again

@@ -1,6 +1,6 @@
 """The command-settable part of the config (interval, deadbands, metrics, batch): checks, the
 overrides file set_config persists, and the hash birth carries. Small on purpose: cmds.py loads
-it for set_config without pulling in the whole of boot.py."""
+it for set_config without pulling in the whole of startup.py."""
 
 
 class ConfigError(Exception):

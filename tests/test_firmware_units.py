@@ -77,11 +77,11 @@ def test_rng_identical_on_both(cpython_out: dict[str, str], upy_out: dict[str, s
 @pytest.fixture
 def fw() -> Iterator[Any]:
     sys.path[:0] = [str(HERE / "shim"), str(FIRMWARE)]
-    import boot
+    import startup
 
-    yield boot
+    yield startup
     del sys.path[:2]
-    for m in ("boot", "micropython"):
+    for m in ("startup", "micropython"):
         sys.modules.pop(m, None)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_SUFFIX = ".new"
 CHUNK = 1024  # bytes per raw-REPL write; larger chunks cost heap on a 64 KiB device
-KEEP_SOURCE = frozenset({"main.py", "boot.py"})  # MicroPython runs these by name, never .mpy
+KEEP_SOURCE = frozenset({"main.py"})  # MicroPython runs it by name, never as .mpy
 # Compiled modules live here on the device: firmware/main.py puts it first on sys.path (the same
 # layout tools/firmware_build.py produces for the unix-port agent).
 MPY_DIR = "_mpy"
@@ -215,7 +215,7 @@ def _mpy_cross() -> str:
 
 
 def compile_sources(files: list[tuple[Path, str]], b: Board, root: Path = ROOT) -> list[CopyItem]:
-    """Compile each module with mpy-cross for the board (main.py/boot.py stay source)."""
+    """Compile each module with mpy-cross for the board (main.py stays source)."""
     items: list[CopyItem] = []
     tool = _mpy_cross()
     with tempfile.TemporaryDirectory(prefix="idufleet-mpy-") as tmp:
