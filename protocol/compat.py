@@ -7,8 +7,7 @@ import hashlib
 try:
     import hmac as _hmac
 
-    _inner = hashlib.sha256()
-    _inner.copy()  # MicroPython's sha256 has no copy(): fall through to the portable path
+    hashlib.sha256().copy()  # MicroPython's sha256 has no copy(): fall through to the portable path
     compare_digest = _hmac.compare_digest
     CPYTHON = True
 except (ImportError, AttributeError):
@@ -24,28 +23,23 @@ except (ImportError, AttributeError):
         return r == 0
 
 
-def pads(key: bytes) -> tuple[bytes, bytes]:
-    """HMAC inner and outer pads for a 32-byte key (RFC 2104), computed once per key."""
-    ipad = bytearray(64)
-    opad = bytearray(64)
-    for i in range(64):
-        k = key[i] if i < len(key) else 0
-        ipad[i] = k ^ 0x36
-        opad[i] = k ^ 0x5C
-    return bytes(ipad), bytes(opad)
-
-
 class Mac:
     """HMAC-SHA256 with the key schedule done once. On CPython the padded hash states are copied
     (no re-hashing of the pads); on MicroPython the pads are re-fed, the only option there."""
 
     def __init__(self, key: bytes) -> None:
-        ipad, opad = pads(key)
+        """The inner and outer pads of a key of up to 64 bytes (RFC 2104), computed once."""
+        ipad = bytearray(64)
+        opad = bytearray(64)
+        for i in range(64):
+            k = key[i] if i < len(key) else 0
+            ipad[i] = k ^ 0x36
+            opad[i] = k ^ 0x5C
         if CPYTHON:
             self._i = hashlib.sha256(ipad)
             self._o = hashlib.sha256(opad)
-        self._ipad = ipad
-        self._opad = opad
+        self._ipad = bytes(ipad)
+        self._opad = bytes(opad)
 
     def digest(self, a: bytes, b: bytes, c: bytes | memoryview) -> bytes:
         """HMAC over the concatenation a || b || c without building it."""

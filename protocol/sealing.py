@@ -1,11 +1,11 @@
 """The envelope's hot path a device runs for every message it sends: write the fields before the
 body into a caller-owned Writer, then append the tag. Split out of protocol.envelope so a device
 keeps only this resident, not the decoder and its tables (their code costs heap on a device).
-Imports only codec, sign and errors; protocol.envelope re-exports everything here."""
+Imports only writer and sign (not errors: see writer.refuse); protocol.envelope re-exports
+everything here."""
 
-from protocol.codec import Writer
-from protocol.errors import TOO_BIG, ProtocolError
 from protocol.sign import TAG_LEN, Signer
+from protocol.writer import Writer, refuse
 
 VERSION = 1
 TRAILER = b"\x07\xc4\x10"  # key 7, bin8, length 16: the fixed head of the tag entry
@@ -41,7 +41,7 @@ def seal(w: Writer, signer: Signer, topic: bytes) -> int:
     w.extend(TRAILER)
     p = w.pos
     if p + TAG_LEN > len(w.buf):
-        raise ProtocolError(TOO_BIG, "no room for the tag")
+        refuse("too_big", "no room for the tag")
     buf = w.buf
     for i in range(TAG_LEN):
         buf[p + i] = d[i]

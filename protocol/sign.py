@@ -1,8 +1,8 @@
 """Message authentication: HMAC-SHA256 with a 32-byte per-device key over the topic and the
-unsigned payload, truncated to TAG_LEN bytes (docs/PROTOCOL.md, "Signing"). Pure logic."""
+unsigned payload, truncated to TAG_LEN bytes (docs/PROTOCOL.md, "Signing"). Pure logic.
+protocol.errors is imported where a key or tag is refused: a device's report path never loads it."""
 
 from protocol.compat import Mac, compare_digest
-from protocol.errors import BAD_KEY, BAD_TAG, ProtocolError
 
 KEY_LEN = 32
 TAG_LEN = 16
@@ -16,6 +16,8 @@ class Signer:
 
     def __init__(self, key: bytes) -> None:
         if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_LEN:
+            from protocol.errors import BAD_KEY, ProtocolError
+
             raise ProtocolError(BAD_KEY, "signing keys are %d bytes" % KEY_LEN)
         self._mac = Mac(bytes(key))
 
@@ -28,4 +30,6 @@ class Signer:
 
     def verify(self, topic: bytes, unsigned: bytes | memoryview, tag: bytes) -> None:
         if not compare_digest(self.tag(topic, unsigned), bytes(tag)):
+            from protocol.errors import BAD_TAG, ProtocolError
+
             raise ProtocolError(BAD_TAG)

@@ -72,3 +72,26 @@ def test_fast_path_declines_what_pure_refuses() -> None:
         assert pure(data) == ("error", code)
     # msgpack-C agrees on the canonical bytes of an ordinary value
     assert msgpack.packb({1: [1, -1, 300]}) == packb({1: [1, -1, 300]})
+
+
+def test_refuse_literals_are_error_codes() -> None:
+    """writer.refuse() takes its code as a literal (so the device's report path need not load
+    protocol.errors): every literal passed to it must be one of errors.CODES."""
+    import re
+    from pathlib import Path
+
+    from protocol.errors import CODES
+    from protocol.writer import refuse
+
+    found = set()
+    for path in sorted((Path(__file__).resolve().parents[1] / "protocol").glob("*.py")):
+        for code in re.findall(r"\brefuse\(\s*\"([^\"]*)\"", path.read_text()):
+            assert code in CODES, f"{path.name}: refuse({code!r})"
+            found.add(code)
+    assert {"too_big", "too_deep", "bad_type", "truncated", "trailing_bytes"} <= found
+    try:
+        refuse("too_big", "x")
+    except ProtocolError as e:
+        assert (e.code, e.detail) == ("too_big", "x")
+    else:
+        raise AssertionError("refuse() returned")

@@ -34,6 +34,7 @@ PROTOCOL = (
     "sealing",
     "sign",
     "topics",
+    "writer",
 )
 ENTRY = "main.py"  # stays source: it is the script micropython is started with
 
