@@ -13,9 +13,9 @@ from link import Link, sleep_ms, wait_for_ms
 from micropython import const
 from ring import RingFile
 
-from protocol.codec import Writer
 from protocol.sealing import seal, write_head
 from protocol.sign import Signer
+from protocol.writer import Writer
 
 # Wire numbers from protocol.messages, as const(): private consts cost no heap, while importing
 # the module costs its tables (tests/test_firmware_heap.py checks they match).
@@ -407,6 +407,8 @@ class Agent:
                 "bootstate",
                 "protocol.commands",
                 "protocol.downlink",
+                "protocol.codec",
+                "protocol.errors",
             )
             if self.result != STOPPED:
                 self.stop_evt.set()

@@ -125,6 +125,13 @@ def start(flash):
             apply(cfg, unpackb(f.read()))
     except (OSError, ValueError, ConfigError, AttributeError):
         pass
+    del unpackb
+    import protocol
+
+    for n in ("codec", "errors"):  # the decoder is needed again only when a command arrives
+        sys.modules.pop("protocol." + n, None)
+        if hasattr(protocol, n):
+            delattr(protocol, n)
     name = cfg["board"] or ("esp32" if sys.platform == "esp32" else "sim")
     if name not in ("sim", "esp32"):
         raise bad("board", "must be 'esp32' or 'sim'")

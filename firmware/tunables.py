@@ -55,7 +55,7 @@ def config_hash(cfg):
     """First 8 bytes of SHA-256 over the canonical msgpack of the settable config."""
     import hashlib
 
-    from protocol.codec import packb
+    from protocol.writer import packb
 
     return hashlib.sha256(packb(tunables(cfg), 320)).digest()[:8]
 
@@ -63,6 +63,6 @@ def config_hash(cfg):
 def save_overrides(flash, cfg):
     from bootstate import write
 
-    from protocol.codec import packb
+    from protocol.writer import packb
 
     write(flash + "/config.over", packb(tunables(cfg), 320))
