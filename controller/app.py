@@ -38,6 +38,10 @@ NEGATIVE_TTL = 5.0  # seconds an unknown device id stays unknown before the stor
 MAX_LOOKUPS = 64  # unknown device ids looked up in the store at once
 REFRESH_EVERY = 10.0  # seconds between registry refreshes (status changes made by other processes)
 PRUNE_EVERY = 3600.0
+# Seconds between rollup compactions (Store.compact_rollups: pending deltas folded into the hourly
+# rows). Each batch only appends its deltas; folding a few seconds of batches at once upserts
+# each (device or zone, metric, hour) row once instead of once per batch.
+COMPACT_EVERY = 2.0
 LATENCY_SAMPLES = 65536
 # Batches' worth of messages waiting while a commit runs before the link stops reading. Above 1,
 # a batch grows while a slow commit runs (PostgreSQL), so per-batch costs such as the rollup
@@ -276,8 +280,9 @@ class Controller:
                 await self.flush()
 
     async def _ticker(self) -> None:
-        last_refresh = last_prune = time.monotonic()
+        last_refresh = last_prune = last_compact = time.monotonic()
         await self._prune()
+        await self._compact()  # deltas a stopped or crashed controller left
         while True:
             await asyncio.sleep(1.0)
             for ev in self.core.sweep(time.time()):
@@ -293,6 +298,17 @@ class Controller:
             if m - last_prune >= PRUNE_EVERY:
                 last_prune = m
                 await self._prune()
+            if m - last_compact >= COMPACT_EVERY and self.store and self.store.deltas_pending:
+                last_compact = m
+                await self._compact()
+
+    async def _compact(self) -> None:
+        """Fold pending rollup deltas (queued on the store thread, so between batches)."""
+        assert self.store is not None
+        try:
+            await self.db(self.store.compact_rollups)
+        except StoreError as e:  # nothing lost: the deltas stay and are folded next time
+            log.error("rollup compaction failed", extra={"error": str(e)})
 
     async def _prune(self) -> None:
         assert self.store is not None
@@ -336,6 +352,7 @@ class Controller:
                 await t
         await self.flush()
         await self.link.close()
+        await self._compact()
         raise _Shutdown
 
     async def run(self) -> None:

@@ -21,7 +21,7 @@ from controller.store.schema import LATEST, MIGRATIONS
 
 _KEY_CHUNK = 1000  # messages per INSERT ... RETURNING (5 parameters each)
 _MAX_PARAMS = 30000  # per statement: under SQLite's 32766 and PostgreSQL's 65535
-_ROLLUP_TYPES = ("text", "integer", "bigint", "bigint") + ("double precision",) * 5
+_ROLLUPS = (("rollup_device", "device_id"), ("rollup_zone", "zone"))  # (table, key column)
 _MASK_BITS = 62  # raw_samples.mask: bit (metric % 62), within a signed 64-bit integer
 
 
@@ -101,6 +101,11 @@ class Store(ABC):
     GREATEST = "MAX"
     HOUR = "(CAST(ts / 3600 AS INTEGER) * 3600)"
     _masks: dict[tuple[int, ...], int]
+    # Batches append rollup deltas (compacted later) instead of upserting the rollup rows. Off
+    # for SQLite, where the in-process upsert is cheaper than the append plus the compaction
+    # (measured 11 against 14 ms per 500-report batch); queries read both tables either way.
+    ROLLUP_DELTAS = True
+    deltas_pending = 0  # rollup delta rows this connection appended since its last compaction
 
     # --- backend hooks -------------------------------------------------------------------
     @abstractmethod
@@ -134,12 +139,20 @@ class Store(ABC):
             params = [v for r in chunk for v in r]
             self._execute(prefix + " VALUES " + ", ".join([group] * len(chunk)) + suffix, params)
 
-    def _upsert_values(
-        self, prefix: str, rows: Sequence[Sequence[Any]], suffix: str, types: Sequence[str]
-    ) -> None:
-        """Insert rows with a conflict clause (`types`: the SQL type of each column, for
-        backends that bind whole columns as arrays). Here: multi-row VALUES."""
-        Store._insert_values(self, prefix, rows, suffix)
+    def _compaction_lock(self) -> bool:
+        """Inside the compaction transaction: False when another process is compacting (skip).
+        SQLite's write transaction already excludes every other writer."""
+        return True
+
+    def _compact(self, table: str, keycol: str) -> int:
+        """Fold every pending delta of `table` into it and delete them; returns how many.
+        Correct when no other writer can add or fold deltas during the transaction (SQLite's
+        BEGIN IMMEDIATE); PostgreSQL overrides it."""
+        n = int(self._execute(f"SELECT COUNT(*) FROM {table}_delta")[0][0])
+        if n:
+            self._execute(self._fold_sql(table, keycol, f"{table}_delta"))
+            self._execute(f"DELETE FROM {table}_delta")
+        return n
 
     # --- schema --------------------------------------------------------------------------
     def schema_version(self) -> int:
@@ -286,22 +299,73 @@ class Store(ABC):
             "INSERT INTO raw_samples (device_id, epoch, seq, sample, ts, n, mask, vals)", packed
         )
         dev, zone = fold_batch(fresh)
-        self._merge_rollups("rollup_device", "device_id", dev)
-        self._merge_rollups("rollup_zone", "zone", zone)
+        add = self._append_deltas if self.ROLLUP_DELTAS else self._merge_rollups
+        add("rollup_device", "device_id", dev)
+        add("rollup_zone", "zone", zone)
         return total
 
     def _merge_rollups(self, table: str, keycol: str, deltas: Deltas) -> None:
-        """Upsert aggregated deltas, sorted by key so two controllers on one store lock rollup
-        rows in the same order. Keys are unique within the statement (PostgreSQL refuses to
-        update one row twice in one INSERT ... ON CONFLICT)."""
-        t = table
+        """Upsert a batch's deltas into the rollup rows directly (ROLLUP_DELTAS off), sorted by
+        key so two controllers on one store lock rollup rows in the same order."""
         rows = [
             (k[0], k[1], k[2], int(a[0]), a[1], a[2], a[3], a[4], a[5]) for k, a in deltas.items()
         ]
         rows.sort(key=lambda r: (r[0], r[1], r[2]))
-        self._upsert_values(
-            f"INSERT INTO {t} ({keycol}, metric, hour, n, vmin, vmax, vsum, vlast, last_ts)",
+        self._insert_values(
+            f"INSERT INTO {table} ({keycol}, metric, hour, n, vmin, vmax, vsum, vlast, last_ts)",
             rows,
+            self._rollup_conflict(table, keycol),
+        )
+
+    def _append_deltas(self, table: str, keycol: str, deltas: Deltas) -> None:
+        """Append a batch's aggregated deltas to `table`_delta (migration 3): plain inserts
+        (COPY on PostgreSQL), no row updated, no index touched. compact_rollups folds them in."""
+        rows = [
+            (k[0], k[1], k[2], int(a[0]), a[1], a[2], a[3], a[4], a[5]) for k, a in deltas.items()
+        ]
+        self._insert_values(
+            f"INSERT INTO {table}_delta ({keycol}, metric, hour, n, vmin, vmax, vsum, vlast,"
+            " last_ts)",
+            rows,
+        )
+        self.deltas_pending += len(rows)
+
+    def compact_rollups(self) -> int:
+        """Fold the pending rollup deltas into rollup_device / rollup_zone (one upsert row per
+        key, metric and hour) and delete them, in one transaction of its own; returns the delta
+        rows folded (0 when another process is compacting). Queries give the same answers
+        before and after (they merge pending deltas), so this only bounds the delta tables:
+        the controller runs it every few seconds from the store thread, between batches."""
+        n = 0
+        with self._tx():
+            if self._compaction_lock():
+                for table, keycol in _ROLLUPS:
+                    n += self._compact(table, keycol)
+        self.deltas_pending = 0
+        return n
+
+    def _fold_sql(self, table: str, keycol: str, source: str) -> str:
+        """INSERT ... SELECT folding the deltas in `source` (a table or CTE with the delta
+        columns and id) into `table`: per key, metric and hour the count and sum add, min and
+        max combine, "last" is the value with the latest sample time, the later delta (higher
+        id) on equal times, and it replaces the stored one when its time is equal or later;
+        the same rules as merging in order (rollup.Agg.merge), which the queries do. Rows go
+        in key order so two compactions would lock rollup rows in the same order."""
+        t, k = table, keycol
+        return (
+            f"INSERT INTO {t} ({k}, metric, hour, n, vmin, vmax, vsum, vlast, last_ts)"
+            f" SELECT {k}, metric, hour, SUM(n), MIN(vmin), MAX(vmax), SUM(vsum),"
+            " MAX(CASE WHEN rn = 1 THEN vlast END), MAX(last_ts)"
+            f" FROM (SELECT {k}, metric, hour, n, vmin, vmax, vsum, vlast, last_ts,"
+            f" ROW_NUMBER() OVER (PARTITION BY {k}, metric, hour ORDER BY last_ts DESC, id DESC)"
+            f" AS rn FROM {source}) AS d WHERE true"
+            f" GROUP BY {k}, metric, hour ORDER BY {k}, metric, hour" + self._rollup_conflict(t, k)
+        )
+
+    def _rollup_conflict(self, t: str, keycol: str) -> str:
+        """Merging into an existing rollup row: counts and sums add, min and max combine, the
+        incoming "last" wins when its time is equal or later."""
+        return (
             f" ON CONFLICT ({keycol}, metric, hour) DO UPDATE SET"
             f" n = {t}.n + excluded.n,"
             f" vmin = {self.LEAST}({t}.vmin, excluded.vmin),"
@@ -309,8 +373,7 @@ class Store(ABC):
             f" vsum = {t}.vsum + excluded.vsum,"
             f" vlast = CASE WHEN excluded.last_ts >= {t}.last_ts"
             f" THEN excluded.vlast ELSE {t}.vlast END,"
-            f" last_ts = {self.GREATEST}({t}.last_ts, excluded.last_ts)",
-            _ROLLUP_TYPES,
+            f" last_ts = {self.GREATEST}({t}.last_ts, excluded.last_ts)"
         )
 
     def _insert_events(self, fresh: list[Accepted]) -> None:
@@ -476,35 +539,62 @@ class Store(ABC):
     def hourly(
         self, scope: str, key: str, metric: int, since: float, until: float
     ) -> list[dict[str, float]]:
-        """Hourly rollups for a device (scope "device") or zone (scope "zone")."""
+        """Hourly rollups for a device (scope "device") or zone (scope "zone"): the rollup rows
+        merged with the deltas not compacted yet, read in one statement (one snapshot, so a
+        compaction committing meanwhile is seen entirely or not at all)."""
         table, col = ("rollup_zone", "zone") if scope == "zone" else ("rollup_device", "device_id")
+        where = f"WHERE {col} = ? AND metric = ? AND hour >= ? AND hour < ?"
+        params = (key, metric, int(since // 3600 * 3600), until)
         rows = self._execute(
-            f"SELECT hour, n, vmin, vmax, vsum, vlast FROM {table}"
-            f" WHERE {col} = ? AND metric = ? AND hour >= ? AND hour < ? ORDER BY hour",
-            (key, metric, int(since // 3600 * 3600), until),
+            f"SELECT hour, n, vmin, vmax, vsum, vlast, last_ts, 0, 0 FROM {table} {where}"
+            " UNION ALL SELECT hour, n, vmin, vmax, vsum, vlast, last_ts, 1, id"
+            f" FROM {table}_delta {where} ORDER BY 1, 8, 9",
+            params + params,
         )
+        merged: list[list[Any]] = []  # [hour, n, min, max, sum, last, last_ts]
+        for h, n, vmin, vmax, vsum, vlast, last_ts, _, _ in rows:
+            m = merged[-1] if merged else None
+            if m is None or m[0] != h:
+                merged.append([h, n, vmin, vmax, vsum, vlast, last_ts])
+                continue
+            # same hour: the rollup row came first, then the deltas in the order they were
+            # added; the same rules as compaction (and rollup.Agg.merge)
+            m[1] += n
+            m[2] = min(m[2], vmin)
+            m[3] = max(m[3], vmax)
+            m[4] += vsum
+            if last_ts >= m[6]:
+                m[5], m[6] = vlast, last_ts
         return [
             {
-                "hour": int(r[0]),
-                "count": int(r[1]),
-                "min": float(r[2]),
-                "max": float(r[3]),
-                "mean": float(r[4]) / int(r[1]),
-                "last": float(r[5]),
+                "hour": int(m[0]),
+                "count": int(m[1]),
+                "min": float(m[2]),
+                "max": float(m[3]),
+                "mean": float(m[4]) / int(m[1]),
+                "last": float(m[5]),
             }
-            for r in rows
+            for m in merged
         ]
 
     def latest(self, device: str) -> dict[int, tuple[float, float]]:
-        """metric -> (ts, value) of the device's newest sample, from the rollups (cheap)."""
+        """metric -> (ts, value) of the device's newest sample, from the rollups (cheap) and
+        the deltas not compacted yet (one statement; later delta wins on equal times)."""
         rows = self._execute(
-            "SELECT r.metric, r.last_ts, r.vlast FROM rollup_device r JOIN"
+            "SELECT r.metric, r.last_ts, r.vlast, 0, 0 FROM rollup_device r JOIN"
             " (SELECT metric, MAX(hour) AS h FROM rollup_device WHERE device_id = ?"
             " GROUP BY metric) m ON m.metric = r.metric AND m.h = r.hour"
-            " WHERE r.device_id = ?",
-            (device, device),
+            " WHERE r.device_id = ?"
+            " UNION ALL SELECT metric, last_ts, vlast, 1, id FROM rollup_device_delta"
+            " WHERE device_id = ? ORDER BY 4, 5",
+            (device, device, device),
         )
-        return {int(r[0]): (float(r[1]), float(r[2])) for r in rows}
+        out: dict[int, tuple[float, float]] = {}
+        for r in rows:
+            mid, ts = int(r[0]), float(r[1])
+            if mid not in out or ts >= out[mid][0]:
+                out[mid] = (ts, float(r[2]))
+        return out
 
     def presence_events(
         self, device: str | None = None, since: float = 0.0, limit: int = 1000

@@ -134,6 +134,39 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX raw_samples_query ON raw_samples (device_id, ts)",
     ],
+    # 3: rollup deltas, insert-only (ingest throughput on PostgreSQL, issue 4). Each batch
+    # appends one row per (device or zone, metric, hour) it touched, in the transaction that
+    # stores its new message keys, so a delta exists only for messages stored once; a
+    # compaction (Store.compact_rollups, its own transaction) folds them into rollup_device /
+    # rollup_zone and deletes them. Readers merge rollup rows and pending deltas in one
+    # statement. `id` orders deltas for "last" on equal sample times (the later batch wins).
+    # No index: the table holds a few seconds of batches and a batch only appends to it.
+    [
+        """CREATE TABLE rollup_device_delta (
+            id {serial},
+            device_id TEXT NOT NULL,
+            metric INTEGER NOT NULL,
+            hour BIGINT NOT NULL,
+            n BIGINT NOT NULL,
+            vmin DOUBLE PRECISION NOT NULL,
+            vmax DOUBLE PRECISION NOT NULL,
+            vsum DOUBLE PRECISION NOT NULL,
+            vlast DOUBLE PRECISION NOT NULL,
+            last_ts DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE rollup_zone_delta (
+            id {serial},
+            zone TEXT NOT NULL,
+            metric INTEGER NOT NULL,
+            hour BIGINT NOT NULL,
+            n BIGINT NOT NULL,
+            vmin DOUBLE PRECISION NOT NULL,
+            vmax DOUBLE PRECISION NOT NULL,
+            vsum DOUBLE PRECISION NOT NULL,
+            vlast DOUBLE PRECISION NOT NULL,
+            last_ts DOUBLE PRECISION NOT NULL
+        )""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -15,6 +15,7 @@ from controller.store.base import Store
 
 class SqliteStore(Store):
     backend = "sqlite"
+    ROLLUP_DELTAS = False  # see Store.ROLLUP_DELTAS: the direct upsert is cheaper here
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

@@ -1,8 +1,9 @@
-"""The IDU store against both backends: migrations, registry, exactly-once batches, rollups,
-retention, presence, commands."""
+"""The IDU store against both backends: migrations, registry, exactly-once batches, rollups
+(pending deltas and their compaction), retention, presence, commands."""
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
@@ -16,6 +17,7 @@ from controller.domain.records import (
     DeviceUpdate,
     PresenceEvent,
 )
+from controller.domain.rollup import fold
 from controller.errors import KeyWrapError, RegistryError, StoreError
 from controller.keys import MasterKey
 from controller.store import Store, open_store
@@ -186,3 +188,179 @@ def test_upgrade_from_schema_1_keeps_old_raw_rows(store_cfg: StoreConfig) -> Non
     assert s.raw_series("s-1", 57, T0, T0 + HOUR) == [(T0 + 1, 20.5), (T0 + 2, 21.0)]
     assert s.count("raw_metrics") == 2
     s.close()
+
+
+# --- rollup deltas and compaction (migration 3) ------------------------------------------------
+
+
+def pending_deltas(store: Store) -> int:
+    return sum(
+        int(store._execute(f"SELECT COUNT(*) FROM {t}_delta")[0][0])
+        for t in ("rollup_device", "rollup_zone")
+    )
+
+
+def expected_hourly(stored: list[Accepted], scope: str, key: str, metric: int) -> list[dict]:
+    """What hourly() must answer, folded from the stored messages in the order they were first
+    stored (the reference fold: per value, later wins on equal times)."""
+    aggs = fold(
+        (key, mid, ts, v)
+        for m in stored
+        if (m.zone if scope == "zone" else m.device) == key
+        for _, mid, ts, v in m.metric_rows()
+        if mid == metric
+    )
+    return [
+        {"hour": h, "count": a.n, "min": a.vmin, "max": a.vmax, "mean": a.mean, "last": a.last}
+        for (_, _, h), a in sorted(aggs.items())
+    ]
+
+
+DEVICES = {"s-1": "baixa", "s-2": "baixa", "s-3": "foz"}
+
+
+def views(store: Store) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key in [*DEVICES, "baixa", "foz"]:
+        scope = "device" if key in DEVICES else "zone"
+        for metric in (57, 58):
+            out[f"{key}/{metric}"] = store.hourly(scope, key, metric, T0 - HOUR, T0 + 3 * HOUR)
+    for dev in DEVICES:
+        out[f"latest/{dev}"] = store.latest(dev)
+    return out
+
+
+def random_reports(rng: random.Random, seqs: dict[str, int], n: int) -> list[Accepted]:
+    """Reports over two hours; a device may repeat a sample time (the later batch's value is
+    "last"), devices never share one (so zone "last" is defined)."""
+    out = []
+    for _ in range(n):
+        dev = rng.choice(list(DEVICES))
+        seqs[dev] += 1
+        ts = T0 + rng.choice((5, 5, 600, 3599, 3600, 4000)) + list(DEVICES).index(dev) / 8
+        vals = {57: rng.randrange(-80, 80) / 4}
+        if rng.random() < 0.7:
+            vals[58] = rng.randrange(0, 400) / 4
+        out.append(report(dev, DEVICES[dev], seqs[dev], ts, vals))
+    return out
+
+
+@pytest.mark.parametrize(("seed", "deltas"), [(1, True), (2, True), (3, False)])
+def test_hourly_identical_before_and_after_compaction(
+    store: Store, master: MasterKey, seed: int, deltas: bool
+) -> None:
+    """Batches append rollup deltas (ROLLUP_DELTAS; PostgreSQL's default, also run on SQLite
+    here) or upsert the rollup rows (SQLite's default): hourly and latest answer what the
+    reference fold of the stored samples gives, with deltas pending and after compaction."""
+    store.ROLLUP_DELTAS = deltas
+    for dev, zone in DEVICES.items():
+        registry.create_device(store, master, dev, "porto", zone, "sensor")
+    rng = random.Random(seed)
+    seqs = dict.fromkeys(DEVICES, 0)
+    stored: list[Accepted] = []
+
+    def want() -> dict[str, object]:
+        out: dict[str, object] = {}
+        for key in [*DEVICES, "baixa", "foz"]:
+            scope = "device" if key in DEVICES else "zone"
+            for metric in (57, 58):
+                out[f"{key}/{metric}"] = expected_hourly(stored, scope, key, metric)
+        for dev in DEVICES:
+            last = fold((m.device, mid, ts, v) for m in stored for _, mid, ts, v in m.metric_rows())
+            newest = {k[1]: a for k, a in sorted(last.items()) if k[0] == dev}  # latest hour wins
+            out[f"latest/{dev}"] = {mid: (a.last_ts, a.last) for mid, a in newest.items()}
+        return out
+
+    for _round in range(3):
+        for _ in range(4):
+            batch = random_reports(rng, seqs, 12)
+            if stored:
+                batch.append(rng.choice(stored))  # a redelivery: stored once, counted once
+            r = store.write_batch(Batch(batch))
+            assert r.duplicates == (1 if len(batch) == 13 else 0)
+            stored += batch[:12]
+        assert (pending_deltas(store) > 0) == deltas
+        before = views(store)
+        assert before == want()
+        assert (store.compact_rollups() > 0) == deltas
+        assert pending_deltas(store) == 0
+        assert views(store) == before  # rollups alone now, and on later rounds rollups + deltas
+    assert store.compact_rollups() == 0
+
+
+def test_redelivered_message_adds_no_delta(store: Store, master: MasterKey) -> None:
+    store.ROLLUP_DELTAS = True
+    registry.create_device(store, master, "s-1", "porto", "baixa", "sensor")
+    a = report("s-1", "baixa", 1, T0 + 10, {57: 20.0, 58: 1.0})
+    store.write_batch(Batch([a]))
+    after_first = pending_deltas(store)
+    assert after_first > 0
+    r = store.write_batch(Batch([a, a]))  # redelivered twice, even within one batch
+    assert (r.messages, r.duplicates) == (0, 2)
+    assert pending_deltas(store) == after_first
+    store.compact_rollups()
+    store.write_batch(Batch([a]))
+    assert pending_deltas(store) == 0
+    assert store.hourly("device", "s-1", 57, T0, T0 + HOUR)[0]["count"] == 1
+    assert store.hourly("zone", "baixa", 58, T0, T0 + HOUR)[0]["count"] == 1
+
+
+@pytest.mark.parametrize(("deltas", "compact_first"), [(True, False), (True, True), (False, False)])
+def test_retention_keeps_device_and_zone_hourly(
+    store: Store, master: MasterKey, deltas: bool, compact_first: bool
+) -> None:
+    """Pruning raw samples leaves the hourly answers as they were, whether their rollups are
+    compacted yet or still pending deltas; compaction after the prune changes nothing either."""
+    store.ROLLUP_DELTAS = deltas
+    for dev, zone in DEVICES.items():
+        registry.create_device(store, master, dev, "porto", zone, "sensor")
+    old = T0 - 40 * 86400
+    batch = [
+        report("s-1", "baixa", 1, old + 10, {57: 1.0}),
+        report("s-2", "baixa", 1, old + 20, {57: 3.0}),
+        report("s-3", "foz", 1, old + 30, {57: 5.0}),
+        report("s-1", "baixa", 2, T0 + 10, {57: 7.0}),
+    ]
+    store.write_batch(Batch(batch))
+    if compact_first:
+        store.compact_rollups()
+    span = (old - HOUR, T0 + HOUR)
+    before = {
+        k: store.hourly(s, k, 57, *span)
+        for s, k in (("device", "s-1"), ("device", "s-3"), ("zone", "baixa"), ("zone", "foz"))
+    }
+    for (scope, key), got in zip(
+        [("device", "s-1"), ("device", "s-3"), ("zone", "baixa"), ("zone", "foz")],
+        before.values(),
+        strict=True,
+    ):
+        assert got == expected_hourly(batch, scope, key, 57)
+    assert store.prune_raw(T0 - 30 * 86400) == 3
+    assert store.raw_series("s-1", 57, *span) == [(T0 + 10, 7.0)]
+    for _ in range(2):
+        assert {
+            k: store.hourly("zone" if k in ("baixa", "foz") else "device", k, 57, *span)
+            for k in before
+        } == before
+        store.compact_rollups()
+
+
+def test_concurrent_compaction_is_skipped(
+    store: Store, store_cfg: StoreConfig, master: MasterKey
+) -> None:
+    """Two controllers on one PostgreSQL store: while one compacts, the other's compaction
+    folds nothing (it does not wait, nor fold the same deltas twice); the next one does."""
+    if store_cfg.backend != "postgres":
+        pytest.skip("SQLite's write transaction already serialises compactions")
+    registry.create_device(store, master, "s-1", "porto", "baixa", "sensor")
+    store.write_batch(Batch([report("s-1", "baixa", 1, T0 + 10, {57: 2.0})]))
+    other = open_store(store_cfg)
+    try:
+        with store._tx():
+            assert store._compaction_lock()
+            assert other.compact_rollups() == 0
+        assert pending_deltas(store) == 2
+        assert other.compact_rollups() == 2
+        assert store.hourly("zone", "baixa", 57, T0, T0 + HOUR)[0]["count"] == 1
+    finally:
+        other.close()
