@@ -69,12 +69,17 @@ Deltas = dict[tuple[str, int, int], list[float]]
 
 def fold_batch(messages: Iterable[Accepted]) -> tuple[Deltas, Deltas]:
     """Per-device and per-zone hourly deltas of the metric rows of newly stored messages (the
-    caller passes only those, so each sample counts once). One dict update per sample for the
-    devices; the zones fold the device deltas, not the samples. "last" is the value with the
-    latest sample time; on equal times the later message in the batch wins."""
-    dev: Deltas = {}
+    caller passes only those, so each sample counts once). "last" is the value with the latest
+    sample time; on equal times the later message in the batch wins. The zones fold the device
+    deltas, not the samples.
+
+    Samples are grouped per (device, hour) first: when a group's samples all carry the same
+    metrics in the same order (a device reports a fixed set), each metric's values are one
+    column and count/min/max/sum are builtins over it, about 3x faster than a dict update per
+    value (the store thread holds the GIL the MQTT loop needs meanwhile); otherwise the group
+    is folded value by value."""
+    groups: dict[tuple[str, int], tuple[list[float], list[dict[int, float]]]] = {}
     zone_of: dict[str, str] = {}
-    get = dev.get
     for m in messages:
         samples = m.samples or m.all_samples()
         if not samples:
@@ -82,10 +87,31 @@ def fold_batch(messages: Iterable[Accepted]) -> tuple[Deltas, Deltas]:
         d = m.device
         zone_of[d] = m.zone
         for _, ts, vals in samples:
-            hour = int(ts // HOUR) * HOUR
+            gk = (d, int(ts // HOUR) * HOUR)
+            g = groups.get(gk)
+            if g is None:
+                groups[gk] = ([ts], [vals])
+            else:
+                g[0].append(ts)
+                g[1].append(vals)
+    dev: Deltas = {}
+    for (d, hour), (times, valss) in groups.items():
+        first = list(valss[0])
+        if len(valss) == 1:
+            ts = times[0]
+            for mid, v in valss[0].items():
+                dev[(d, mid, hour)] = [1, v, v, v, v, ts]
+            continue
+        if all(list(v) == first for v in valss):
+            tmax = max(times)
+            ilast = len(times) - 1 - times[::-1].index(tmax)
+            for mid, col in zip(first, zip(*[v.values() for v in valss], strict=True), strict=True):
+                dev[(d, mid, hour)] = [len(col), min(col), max(col), sum(col), col[ilast], tmax]
+            continue
+        for ts, vals in zip(times, valss, strict=True):
             for mid, v in vals.items():
                 k = (d, mid, hour)
-                a = get(k)
+                a = dev.get(k)
                 if a is None:
                     dev[k] = [1, v, v, v, v, ts]
                     continue

@@ -3,6 +3,8 @@ rollups, commands, config validation."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from controller.config import ConfigError, build
@@ -137,6 +139,42 @@ def test_fold_batch_device_then_zone() -> None:
     assert zone[("z", 57, 7200)] == [3, 1.0, 3.0, 6.0, 3.0, 7300.0]
     assert zone[("z", 58, 7200)] == [1, 9.0, 9.0, 9.0, 9.0, 7200.0]
     assert len(dev) == 4 and len(zone) == 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fold_batch_matches_the_per_value_fold(seed: int) -> None:
+    """fold_batch takes a column-wise path for (device, hour) groups whose samples carry the
+    same metrics in the same order, and a per-value path otherwise; both must give what the
+    plain per-value fold gives, "last" ties (equal sample times) included."""
+    rng = random.Random(seed)
+    metric_sets = [(57, 58, 59), (57, 58, 59), (58, 57, 59), (57,), (60, 57)]
+    msgs = []
+    for seq in range(1, 80):
+        dev = f"d{rng.randrange(4)}"
+        samples = []
+        for i in range(rng.choice((1, 1, 3))):
+            ts = 7200.0 + rng.choice((0, 5, 5, 600, 3599, 3600, 3700))  # ties and two hours
+            mids = metric_sets[0] if seed % 2 else rng.choice(metric_sets)
+            samples.append((i, ts, {m: float(rng.randrange(-50, 50)) / 4 for m in mids}))
+        zone = "z0" if dev in ("d0", "d1") else "z1"
+        msgs.append(Accepted(dev, zone, 1, seq, M.REPORT, 0.0, 0.0, samples=tuple(samples)))
+    dev, zone = fold_batch(msgs)
+    rows = [
+        (m.device, m.zone, ts, mid, v)
+        for m in msgs
+        for _, ts, vals in m.samples
+        for mid, v in vals.items()
+    ]
+    want = fold((d, mid, ts, v) for d, _, ts, mid, v in rows)
+    assert {k: [a.n, a.vmin, a.vmax, a.vsum, a.last, a.last_ts] for k, a in want.items()} == dev
+    # Zones fold the device deltas: the same, except that when two devices' latest samples
+    # have equal times, "last" is either one's.
+    want = fold((z, mid, ts, v) for _, z, ts, mid, v in rows)
+    assert {k: [a.n, a.vmin, a.vmax, a.vsum, a.last_ts] for k, a in want.items()} == {
+        k: [a[0], a[1], a[2], a[3], a[5]] for k, a in zone.items()
+    }
+    for (z, mid, _), a in zone.items():
+        assert a[4] in {v for _, z2, ts, m, v in rows if (z2, m, ts) == (z, mid, a[5])}
 
 
 def test_commands_verify_on_the_device_side() -> None:
