@@ -242,6 +242,12 @@ class Controller:
                 self.link.ack_many(acks)
                 return
             batch = Batch([a for a, _ in items], updates, presence)
+            if not self._stop.is_set():
+                # The batcher is empty again: keep receiving while this batch commits. (The
+                # link may have paused at PAUSE_AT batches before this flush got to run, since
+                # one socket read hands it up to 1,024 messages; without this the next batch
+                # was only read after the commit, nothing overlapped.)
+                self.link.resume()
             delay = 0.1
             while True:
                 t0 = time.perf_counter()
