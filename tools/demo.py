@@ -138,8 +138,8 @@ def prepare_firmware() -> None:
 
 
 # The 64-bit unix port needs more heap than a 32-bit ESP32 for the same objects: the firmware's
-# own tests run the agent in 80 KiB (tests/firmware/harness.py); so does the demo.
-AGENT_HEAP = os.environ.get("IDU_DEMO_HEAP", "80K")
+# own tests run the agent in 76 KiB (tests/firmware/harness.py); so does the demo.
+AGENT_HEAP = os.environ.get("IDU_DEMO_HEAP", "76K")
 
 
 def start_agent(flash: Path) -> subprocess.Popen[bytes]:

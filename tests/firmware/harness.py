@@ -28,7 +28,7 @@ from tools.firmware_build import build
 # The heap the agent runs in for tests (see firmware/README.md, "Heap"): the lowest that passes
 # every firmware test reliably on this 64-bit unix port; 64 KiB (the figure) does not fit
 # here yet, because 64-bit objects and 32-byte GC blocks need ~1.6x a 32-bit board's heap.
-HEAP = os.environ.get("IDU_TEST_HEAP", "80K")
+HEAP = os.environ.get("IDU_TEST_HEAP", "76K")
 SITE = "porto"
 
 
