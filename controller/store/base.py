@@ -551,31 +551,26 @@ class Store(ABC):
             f" FROM {table}_delta {where} ORDER BY 1, 8, 9",
             params + params,
         )
-        merged: list[list[Any]] = []  # [hour, n, min, max, sum, last, last_ts]
-        for h, n, vmin, vmax, vsum, vlast, last_ts, _, _ in rows:
-            m = merged[-1] if merged else None
-            if m is None or m[0] != h:
-                merged.append([h, n, vmin, vmax, vsum, vlast, last_ts])
+        out: list[dict[str, float]] = []
+        o: dict[str, float] = {}
+        last_ts = 0.0
+        for h, n, vmin, vmax, vsum, vlast, ts, _, _ in rows:
+            if not out or o["hour"] != h:
+                o = {"hour": int(h), "count": int(n), "min": float(vmin), "max": float(vmax)}
+                o["mean"], o["last"], last_ts = float(vsum), float(vlast), ts  # mean: sum here
+                out.append(o)
                 continue
             # same hour: the rollup row came first, then the deltas in the order they were
-            # added; the same rules as compaction (and rollup.Agg.merge)
-            m[1] += n
-            m[2] = min(m[2], vmin)
-            m[3] = max(m[3], vmax)
-            m[4] += vsum
-            if last_ts >= m[6]:
-                m[5], m[6] = vlast, last_ts
-        return [
-            {
-                "hour": int(m[0]),
-                "count": int(m[1]),
-                "min": float(m[2]),
-                "max": float(m[3]),
-                "mean": float(m[4]) / int(m[1]),
-                "last": float(m[5]),
-            }
-            for m in merged
-        ]
+            # added; the compaction's rules (rollup.Agg.merge)
+            o["count"] += int(n)
+            o["min"] = min(o["min"], float(vmin))
+            o["max"] = max(o["max"], float(vmax))
+            o["mean"] += float(vsum)
+            if ts >= last_ts:
+                o["last"], last_ts = float(vlast), ts
+        for o in out:
+            o["mean"] /= o["count"]
+        return out
 
     def latest(self, device: str) -> dict[int, tuple[float, float]]:
         """metric -> (ts, value) of the device's newest sample, from the rollups (cheap) and
