@@ -91,6 +91,26 @@ def _device(row: Sequence[Any]) -> DeviceRecord:
     )
 
 
+def device_update_rows(updates: list[DeviceUpdate]) -> list[tuple[object, ...]]:
+    """Registry columns of each update in device-id order: both backends update devices in
+    that order so that two controllers' batches lock their rows in the same order."""
+    return [
+        (
+            u.device,
+            u.last_seen,
+            int(u.online),
+            u.replay,
+            u.firmware,
+            u.board,
+            u.boot_epoch,
+            u.birth_epoch,
+            u.birth_seq,
+            int(u.death_open),
+        )
+        for u in sorted(updates, key=lambda u: u.device)
+    ]
+
+
 class Store(ABC):
     """One connection to the IDU store. Not thread-safe: use it from one thread at a time."""
 
@@ -422,21 +442,7 @@ class Store(ABC):
     def _update_devices(self, updates: list[DeviceUpdate]) -> None:
         # UPDATE ... FROM (VALUES ...): one statement per chunk (see _insert_values). VALUES
         # columns are column1..N in both SQLite and PostgreSQL; the casts type all-NULL columns.
-        rows = [
-            (
-                u.device,
-                u.last_seen,
-                int(u.online),
-                u.replay,
-                u.firmware,
-                u.board,
-                u.boot_epoch,
-                u.birth_epoch,
-                u.birth_seq,
-                int(u.death_open),
-            )
-            for u in sorted(updates, key=lambda u: u.device)
-        ]
+        rows = device_update_rows(updates)
         for i in range(0, len(rows), 1000):
             chunk = rows[i : i + 1000]
             values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))

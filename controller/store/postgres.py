@@ -13,7 +13,7 @@ from psycopg import sql as pgsql
 
 from controller.domain.records import Accepted, DeviceUpdate
 from controller.errors import StoreError
-from controller.store.base import Store
+from controller.store.base import Store, device_update_rows
 
 
 def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
@@ -161,21 +161,7 @@ class PostgresStore(Store):
         given in _insert_keys (100 devices: 5 ms as a VALUES list)."""
         if not updates:
             return
-        rows = [
-            (
-                u.device,
-                u.last_seen,
-                int(u.online),
-                u.replay,
-                u.firmware,
-                u.board,
-                u.boot_epoch,
-                u.birth_epoch,
-                u.birth_seq,
-                int(u.death_open),
-            )
-            for u in sorted(updates, key=lambda u: u.device)
-        ]
+        rows = device_update_rows(updates)
         self._execute_pg(
             "UPDATE devices SET last_seen = v.last_seen, online = v.online, replay = v.replay,"
             " firmware = v.firmware, board = v.board, boot_epoch = v.boot_epoch,"
