@@ -9,7 +9,7 @@ import sys
 import time
 
 import backoff
-from link import Link, sleep_ms, wait_for_ms
+from link import Flag, Link, sleep_ms
 from micropython import const
 from ring import RingFile
 
@@ -100,10 +100,10 @@ class Agent:
         except (ImportError, AttributeError):
             seed = cfg["key"]  # per-device secret: at least every device differs
         self.rng = backoff.Rng(int.from_bytes(seed[:4], "little") ^ self.epoch)
-        self.ready = asyncio.Event()  # connected and birth sent
-        self.ring_evt = asyncio.Event()
-        self.cmd_evt = asyncio.Event()
-        self.stop_evt = asyncio.Event()
+        self.ready = Flag()  # connected and birth sent
+        self.ring_evt = Flag()
+        self.cmd_evt = Flag()
+        self.stop_evt = Flag()
         self.cmd_q = []
         self.cmd_dropped = 0
         self.reconnects = 0
@@ -160,16 +160,16 @@ class Agent:
             self.heap_peak = a
         return a
 
-    async def publish_ctl(self, topic, mtype, body, seq=0):
-        """Birth, event, ack, death: signed into buf, QoS 1, awaited. Raises OSError when the
-        link is down: these are state, not data, so they are not buffered."""
+    async def publish_ctl(self, topic, mtype, body, seq=0, wait=True):
+        """Event, ack, death: signed into buf, QoS 1, acked unless not wait (then the pid).
+        Raises OSError when the link is down: these are state, not data, so not buffered."""
         w = Writer(self.buf)
         write_head(w, mtype, self.epoch, seq or self.next_seq(), self.now(), self.uptime())
         w.value(body, 1)
         n = seal(w, self.signer, topic)
         pid = self.link.next_pid()
         await self.link.publish(topic, self.buf, n, 1, pid)
-        return await self.link.wait_ack(pid)
+        return await self.link.wait_ack(pid) if wait else pid
 
     async def ack(self, epoch, seq, result, data=None):
         body = {_A_CMD_EPOCH: epoch, _A_CMD_SEQ: seq, _A_RESULT: result}
@@ -208,9 +208,12 @@ class Agent:
             n = seal(w, self.signer, self.t_death)
             try:
                 await self.board.net_up()  # Wi-Fi on an ESP32; nothing on the sim
-                await link.open(self.t_death, memoryview(self.will_buf)[:n])
+                await link.open(
+                    self.t_death,
+                    memoryview(self.will_buf)[:n],
+                    (self.t_cmd, self.t_cfg, self.t_ota),
+                )
                 attempt = 0
-                await link.subscribe((self.t_cmd, self.t_cfg, self.t_ota))
                 await self.birth(birth_seq)
                 self.death_seq = death_seq
                 self.ready.set()
@@ -280,7 +283,8 @@ class Agent:
             self.inflight_conn = link.conn_id
             try:
                 await link.publish(self.t_rep, mv, n, 1, pid, dup)
-            except OSError:
+            except OSError:  # the reader saw the link drop; connectivity clears ready soon
+                await sleep_ms(50)
                 continue
             if await link.wait_ack(pid):
                 ring.pop()
@@ -459,13 +463,13 @@ class Agent:
             tasks.append(asyncio.create_task(self.reporter()))
         await self.stop_evt.wait()
         if self.result == REBOOT and self.link.up:
-            try:  # goodbye with the reserved DEATH seq, then a clean DISCONNECT
-                await wait_for_ms(
-                    self.publish_ctl(
-                        self.t_death, _DEATH, {_D_REASON: _DEATH_REBOOT}, self.death_seq
-                    ),
-                    2000,
+            try:  # goodbye with the reserved DEATH seq, acked within 2 s, then DISCONNECT
+                pid = await self.publish_ctl(
+                    self.t_death, _DEATH, {_D_REASON: _DEATH_REBOOT}, self.death_seq, False
                 )
+                t0 = time.ticks_ms()
+                while pid in self.link.unacked and time.ticks_diff(time.ticks_ms(), t0) < 2000:
+                    await sleep_ms(10)
             except Exception:  # best effort on the way down
                 pass
             await self.link.disconnect()

@@ -1,7 +1,14 @@
-"""The MQTT link: one connection to the broker over an asyncio stream (TLS through `ssl` when
-configured), driven by the sans-I/O codec. It raises OSError on any failure and never retries:
-the connectivity loop in agent.py owns reconnect and backoff, so application tasks never see
-socket errors. Incoming PUBLISH packets go to `on_publish(topic_mv, payload_mv)`."""
+"""The MQTT link: one connection to the broker over a non-blocking socket on MicroPython's asyncio
+(TLS through `ssl` when configured), driven by the sans-I/O codec. It raises OSError on any
+failure and never retries: the connectivity loop in agent.py owns reconnect and backoff, so
+application tasks never see socket errors. Incoming PUBLISH packets go to
+`on_publish(topic_mv, payload_mv)`.
+
+The socket is driven directly rather than through asyncio.open_connection/Stream and wait_for:
+those modules cost ~2.6 KiB of a 64 KiB heap and a task per read. One reader task parks on the
+event loop's poller (as Stream.readinto does) and is cancelled when the link closes; writes are
+tried at once and retried every few ms when the socket is full (rare: a packet fits the socket's
+buffer); run() watches keepalive and a silent broker."""
 
 import asyncio
 import time
@@ -12,7 +19,32 @@ from micropython import const
 _CONNACK_TIMEOUT_MS = const(10000)
 # MicroPython's asyncio extras (not in the CPython-shaped stubs), named once here.
 sleep_ms = asyncio.sleep_ms  # type: ignore[attr-defined]
-wait_for_ms = asyncio.wait_for_ms  # type: ignore[attr-defined]
+core = asyncio.core  # type: ignore[attr-defined]
+
+
+class Flag:
+    """asyncio.Event's set/clear/wait (what the agent uses of it), without loading asyncio.event:
+    a task waiting here sits in a TaskQueue the way it does in an Event."""
+
+    def __init__(self):
+        self.on = False
+        self.q = core.TaskQueue()
+
+    def set(self):
+        q = self.q
+        while q.peek():
+            core._task_queue.push(q.pop())
+        self.on = True
+
+    def clear(self):
+        self.on = False
+
+    async def wait(self):
+        if not self.on:
+            t = core.cur_task
+            self.q.push(t)
+            t.data = self.q  # so cancelling the waiter takes it off this queue
+            yield
 
 
 def _ca_der(path):
@@ -33,115 +65,181 @@ def _ca_der(path):
 
 class Link:
     def __init__(self, broker, client_id, keepalive, on_publish):
-        self.host = broker["host"]
-        self.port = broker["port"]
-        self.tls = broker["tls"]
-        self.ca = broker["ca"]
-        self.user = broker["username"].encode()
-        pw = broker["password"]
-        self.password = pw.encode() if pw is not None else None
+        self.broker = broker  # host, port, tls, ca, username, password (startup.validate)
         self.client_id = client_id.encode()
         self.keepalive = keepalive
         self.on_publish = on_publish
         self.tx = bytearray(320)  # CONNECT (with the will), SUBSCRIBE, PUBLISH headers
-        self.small = bytearray(4)  # PUBACK
         self.parser = mq.Parser(704)  # a 512-byte command + topic; bigger packets are skipped
-        self.reader = None
-        self.writer = None
+        self.sock = None
+        self.task = None  # the reader
+        self.err = None  # why the reader stopped
+        self.busy = False  # a packet is half written: others queue behind it
         self.up = False
         self.conn_id = 0  # bumped at every successful CONNECT: tells retransmits apart
-        self.session_present = False
         self.connect_sent = False
         self.pid = 0
         self.unacked = {}  # pid -> True until PUBACK
-        self.ack_evt = asyncio.Event()
-        self.last_tx = time.ticks_ms()
-        self.last_rx = time.ticks_ms()
-        self.oversize = 0
-        self.rx_timeout = keepalive * 1500
+        self.ack_evt = Flag()
+        self.last_tx = self.last_rx = time.ticks_ms()
 
     def next_pid(self):
         p = self.pid % 65535 + 1
         self.pid = p
         return p
 
-    async def open(self, will_topic, will_payload):
-        """TCP (+TLS) connect and MQTT CONNECT with the will; raises OSError on any failure."""
+    async def open(self, will_topic, will_payload, topics):
+        """TCP (+TLS) connect, MQTT CONNECT with the will, SUBSCRIBE topics; raises OSError (or
+        the TLS layer's ValueError) on any failure."""
+        import socket
+        from errno import EINPROGRESS
+
         self.close()
         self.connect_sent = False
-        ctx = None
-        if self.tls:
+        self.err = None
+        b = self.broker
+        ai = socket.getaddrinfo(b["host"], b["port"], 0, socket.SOCK_STREAM)[0]
+        s = self.sock = socket.socket(ai[0], ai[1], ai[2])
+        s.setblocking(False)
+        try:
+            s.setsockopt(6, 1, 1)  # TCP_NODELAY (PLATFORM-NOTES: Nagle + delayed ACK)
+        except (AttributeError, OSError):
+            pass
+        try:
+            s.connect(ai[-1])
+        except OSError as e:
+            if e.errno != EINPROGRESS:
+                raise
+        if b["tls"]:
             import ssl
 
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            if self.ca:
-                ctx.load_verify_locations(cadata=_ca_der(self.ca))
+            if b["ca"]:
+                ctx.load_verify_locations(cadata=_ca_der(b["ca"]))
                 ctx.verify_mode = ssl.CERT_REQUIRED  # and the name is checked against host
             else:
                 ctx.verify_mode = ssl.CERT_NONE
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, ssl=ctx)
-        try:
-            self.writer.s.setsockopt(6, 1, 1)  # type: ignore[attr-defined]  # TCP_NODELAY (PLATFORM-NOTES: Nagle + delayed ACK)
-        except (AttributeError, OSError):
-            pass  # a TLS socket does not expose setsockopt on this port
+            s = self.sock = ctx.wrap_socket(
+                s, server_hostname=b["host"], do_handshake_on_connect=False
+            )
+            s.setblocking(False)
         self.parser.reset()
         self.unacked = {}  # the ring drain re-sends its own in-flight payload with DUP
+        pw = b["password"]
         n = mq.connect(
             self.tx,
             self.client_id,
             self.keepalive,
             False,
-            self.user,
-            self.password,
+            b["username"].encode(),
+            pw.encode() if pw is not None else None,
             (will_topic, will_payload),
             1,
             False,
         )
-        await self._send(self.tx, n)
+        await self._send(self.tx, n)  # waits out the TCP (and TLS) handshake
         self.connect_sent = True  # from here the broker may have registered the will
-        pkt = await wait_for_ms(self._packet(), _CONNACK_TIMEOUT_MS)
-        first, start, length = pkt
-        b = self.parser.buf
-        if first != mq.CONNACK or length != 2:
-            raise OSError("expected CONNACK")
-        rc = b[start + 1]
-        self.session_present = bool(b[start] & 1)
-        self.parser.pop()
-        if rc:
-            raise OSError("CONNACK refused, code %d" % rc)
-        self.up = True
-        self.conn_id += 1
-        self.last_rx = time.ticks_ms()
-        return self.session_present
-
-    async def _send(self, buf, n, payload=None, plen=0):
-        w = self.writer
-        if w is None:
-            raise OSError("not connected")
-        w.write(memoryview(buf)[:n])
-        if payload is not None:
-            w.write(payload[:plen])
-        await w.drain()
-        self.last_tx = time.ticks_ms()
-
-    async def _packet(self):
-        p = self.parser
-        r = self.reader
-        if r is None:
-            raise OSError("not connected")
-        while True:
-            pkt = p.next()
-            if pkt is not None:
-                return pkt
-            # No byte for 1.5 keepalives means the broker is gone (keepalive pings get answers).
-            n = await wait_for_ms(r.readinto(p.space()), self.rx_timeout)
-            if not n:
-                raise OSError("connection closed by broker")  # also: r is None (closed)
-            p.added(n)
-
-    async def subscribe(self, topics):
+        self.task = asyncio.create_task(self._read(s))
+        t0 = time.ticks_ms()
+        while not self.up:
+            if self.sock is None:
+                raise self.err or OSError("closed before CONNACK")
+            if time.ticks_diff(time.ticks_ms(), t0) > _CONNACK_TIMEOUT_MS:
+                raise OSError("no CONNACK")
+            await sleep_ms(5)
         n = mq.subscribe(self.tx, self.next_pid(), topics, 1)
         await self._send(self.tx, n)
+
+    async def _send(self, buf, n, payload=None, plen=0):
+        """Write buf[:n] then payload[:plen], whole and not interleaved with another task's
+        packet. What cannot go out at once is copied before waiting: callers share one buffer
+        and refill it as soon as this yields."""
+        left = None
+        for mv in (memoryview(buf)[:n], payload[:plen] if payload is not None else b""):
+            if left is None and not self.busy:
+                s = self.sock
+                if s is None:
+                    raise OSError("link down")
+                k = s.write(mv) or 0
+                if k == len(mv):
+                    continue
+                mv = mv[k:]
+            left = bytes(mv) if left is None else left + mv
+        if left is not None:
+            while self.busy:
+                await sleep_ms(2)
+            self.busy = True
+            try:
+                while left:
+                    s = self.sock
+                    if s is None:
+                        raise OSError("link down")
+                    k = s.write(left)
+                    if k:
+                        left = left[k:]
+                    else:
+                        await sleep_ms(5)
+            finally:
+                self.busy = False
+        self.last_tx = time.ticks_ms()
+
+    async def _read(self, s):
+        """The reader task: frame and dispatch packets from socket s until it fails; then close."""
+        p = self.parser
+        try:
+            while True:
+                pkt = p.next()
+                if pkt is None:
+                    yield core._io_queue.queue_read(s)  # parked on the poller, as Stream does
+                    k = s.readinto(p.space())
+                    if k is None:
+                        continue  # no whole TLS record yet
+                    if not k:
+                        raise OSError("connection closed by broker")
+                    p.added(k)
+                    continue
+                first, start, length = pkt
+                t = first & 0xF0
+                if t == mq.PUBACK:
+                    if self.unacked.pop(mq.u16(p.buf, start), None):
+                        self._wake()
+                elif t == mq.PUBLISH:
+                    ts, tl, pid, ps, pl = mq.parse_publish(first, p.buf, start, length)
+                    self.on_publish(p.mv[ts : ts + tl], p.mv[ps : ps + pl])
+                    if pid:
+                        b = bytearray(4)
+                        await self._send(b, mq.puback(b, pid))
+                elif t == mq.CONNACK and length == 2 and not self.up:
+                    if p.buf[start + 1]:
+                        raise OSError("CONNACK refused, code %d" % p.buf[start + 1])
+                    self.up = True
+                    self.conn_id += 1
+                elif t != mq.SUBACK and t != mq.PINGRESP:
+                    raise mq.MqttError("unexpected packet 0x%02x" % first)
+                p.pop()
+                self.last_rx = time.ticks_ms()
+        except Exception as e:  # any failure ends this connection
+            self.err = e
+            self.task = None  # a task cannot cancel itself
+            self.close()
+
+    async def run(self):
+        """Keepalive while the link is up: PINGREQ after half a keepalive without sending, and
+        the link is dead after 1.5 keepalives without a byte from the broker (pings get
+        answers). Returns only by raising why the link went down."""
+        ka = self.keepalive * 1000
+        self.last_rx = time.ticks_ms()
+        while self.up:
+            await sleep_ms(100)
+            now = time.ticks_ms()
+            if time.ticks_diff(now, self.last_rx) > ka * 3 // 2:
+                self.err = OSError("broker silent")
+                break
+            if time.ticks_diff(now, self.last_tx) >= ka // 2:
+                await self._send(mq.PINGREQ, 2)
+        e = self.err or OSError("link down")
+        self.close()
+        raise e
 
     async def publish(self, topic, payload, plen, qos=1, pid=0, dup=False):
         """Send one PUBLISH; with qos 1 the pid is tracked until its PUBACK (see wait_ack)."""
@@ -149,8 +247,9 @@ class Link:
             raise OSError("link down")
         if qos:
             self.unacked[pid] = True
-        n = mq.publish_head(self.tx, topic, plen, qos, pid, dup)
-        await self._send(self.tx, n, payload, plen)
+        await self._send(
+            self.tx, mq.publish_head(self.tx, topic, plen, qos, pid, dup), payload, plen
+        )
 
     async def wait_ack(self, pid):
         """True once pid is acked; False if the link dropped first (resend after reconnect)."""
@@ -162,46 +261,8 @@ class Link:
 
     def _wake(self):
         ev = self.ack_evt
-        self.ack_evt = asyncio.Event()
+        self.ack_evt = Flag()
         ev.set()
-
-    async def run(self):
-        """Read and dispatch until the connection fails; keepalive runs alongside. Returns only
-        by raising OSError (or MqttError)."""
-        pinger = asyncio.create_task(self._keepalive())
-        try:
-            p = self.parser
-            while True:
-                first, start, length = await self._packet()
-                t = first & 0xF0
-                if t == mq.PUBACK:
-                    pid = mq.u16(p.buf, start)
-                    if self.unacked.pop(pid, None):
-                        self._wake()
-                elif t == mq.PUBLISH:
-                    ts, tl, pid, ps, pl = mq.parse_publish(first, p.buf, start, length)
-                    self.on_publish(p.mv[ts : ts + tl], p.mv[ps : ps + pl])
-                    if pid:
-                        await self._send(self.small, mq.puback(self.small, pid))
-                elif t != mq.SUBACK and t != mq.PINGRESP:
-                    raise mq.MqttError("unexpected packet 0x%02x" % first)
-                p.pop()
-                self.last_rx = time.ticks_ms()
-                self.oversize = p.oversize
-        finally:
-            pinger.cancel()
-            self.close()
-
-    async def _keepalive(self):
-        ka = self.keepalive * 1000
-        while self.up:
-            await sleep_ms(ka // 4)
-            if time.ticks_diff(time.ticks_ms(), self.last_tx) >= ka // 2:
-                try:
-                    await self._send(mq.PINGREQ, 2)
-                except OSError:
-                    self.close()
-                    return
 
     async def disconnect(self):
         try:
@@ -213,11 +274,15 @@ class Link:
     def close(self):
         was = self.up
         self.up = False
-        w = self.writer
-        self.writer = None
-        if w is not None:
+        t = self.task
+        self.task = None
+        if t is not None:
+            t.cancel()  # takes the reader off the poller before its socket goes
+        s = self.sock
+        self.sock = None
+        if s is not None:
             try:
-                w.close()
+                s.close()
             except OSError:
                 pass
         if was:
