@@ -486,7 +486,9 @@ class Agent:
 
 
 def run(flash, booted):
-    """Run the agent until it stops; returns REBOOT or CRASHED."""
+    """Run the agent until it stops. True after a reboot command on the unix port, once the
+    agent's code is unloaded (main.py boots again); an ESP32 resets instead, and a crash
+    resets it (exits 1 on the unix port). False when it stopped otherwise."""
     agent = Agent(flash, booted)
     del booted
     gc.collect()
@@ -494,4 +496,18 @@ def run(flash, booted):
     # report garbage then never spreads across the heap, so a command's code and buffers still
     # find contiguous room (the heap is small and 64-bit objects fragment it fast).
     gc.threshold(4096)
-    return asyncio.run(agent.main())
+    result = asyncio.run(agent.main())
+    del agent
+    if result == CRASHED or (result == REBOOT and sys.platform == "esp32"):
+        if sys.platform == "esp32":
+            import machine
+
+            machine.reset()
+        sys.exit(1)
+    if result != REBOOT:
+        return False
+    for name in ("agent", "cmds", "link", "mqtt_codec", "ring", "backoff", "board_sim"):
+        sys.modules.pop(name, None)  # the agent's code is freed before boot code loads again
+    asyncio.new_event_loop().set_exception_handler(None)  # it held the old agent alive
+    print("idu: soft reboot")
+    return True

@@ -51,6 +51,18 @@ def ensure(flash, attempts=0, retry_ms=2000):
     return True
 
 
+def boot(flash):
+    """main.py's claim step: claim, or exit 1 saying why (the device cannot run without it)."""
+    import sys
+
+    try:
+        ensure(flash)
+    except ClaimFailed as e:
+        print("idu: claim failed:", e)
+        sys.exit(1)
+    sys.modules.pop("claim", None)
+
+
 def _unload():
     """Drop protocol.claim (about 12 KiB of heap on the 64-bit unix port) before the agent
     starts in the same process: both sys.modules and the package attribute hold it."""

@@ -1,11 +1,14 @@
 """Downlink handling, loaded when a command arrives and unloaded after (agent.py), so its code
-and protocol.commands do not sit in the heap between commands. Every command gets a signed ack;
-a bad tag, an expired or a replayed command is refused, counted and never executed."""
+does not sit in the heap between commands. Every command gets a signed ack; a bad tag, an expired
+or a replayed command is refused, counted and never executed.
+
+A command runs in phases, each unloading what the next does not need, so the heap holds one
+helper at a time next to this module: open (protocol.downlink and the decoder), admit
+(protocol.commands and its saved state), execute (tunables for set_config). protocol.errors
+loads only when something is refused."""
 
 from agent import unload
 from micropython import const
-
-from protocol.errors import BAD_TAG, EXPIRED, REPLAY, ProtocolError
 
 # Wire numbers from protocol.messages, as const(): private consts cost no heap, while importing
 # the module costs its tables (tests/test_firmware_heap.py checks they match).
@@ -45,68 +48,41 @@ _DG_CMD_DROPPED = const(15)
 _DG_REFUSED_MALFORMED = const(16)
 
 
-def _guard(flash):
-    from protocol.commands import CommandGuard
-
-    try:
-        with open(flash + "/guard.bin", "rb") as f:
-            return CommandGuard.loads(f.read())
-    except (OSError, ValueError):
-        return CommandGuard()
-
-
 async def handle(a, topic, payload):
     """Verify, check freshness, execute and ack one downlink message for agent a."""
     from protocol.downlink import open_downlink  # local: unload() below can then free it
 
     channel = "cmd" if topic == a.t_cmd else "cfg" if topic == a.t_cfg else "ota"
     try:
-        msg = open_downlink(payload, topic, channel, a.signer)
-    except ProtocolError as e:
-        a.refused[0 if e.code == BAD_TAG else 3] += 1
-        print("idu: refused downlink:", e.code)
-        try:
-            bad = open_downlink(payload, topic, channel, None)  # unverified: names it in the ack
-        except ProtocolError:
+        _, epoch, seq, ts, body = open_downlink(payload, topic, channel, a.signer)
+    except ValueError as e:  # ProtocolError: the only error open_downlink raises
+        code = e.code  # type: ignore[attr-defined]
+        a.refused[0 if code == "bad_tag" else 3] += 1
+        print("idu: refused downlink:", code)
+        try:  # unverified: only to name the message in the ack
+            _, epoch, seq, _, _ = open_downlink(payload, topic, channel, None)
+        except ValueError:
             return
-        await a.ack(bad.epoch, bad.seq, _R_BAD_TAG if e.code == BAD_TAG else _R_BAD_ARGS)
+        await a.ack(epoch, seq, _R_BAD_TAG if code == "bad_tag" else _R_BAD_ARGS)
         return
-    epoch, seq, ts, body = msg.epoch, msg.seq, msg.ts, msg.body
-    del msg, open_downlink  # the message's class holds protocol.downlink alive
-    unload("protocol.downlink")  # before protocol.commands loads: never both in the heap
+    _heap_sample(a)
+    del open_downlink
+    unload("protocol.downlink", "protocol.codec")  # before protocol.commands loads
     if ts is not None and a.board.unix() is None:
         a.time_off = ts - a.uptime()  # no RTC: learn the time from verified downlink
     if topic == a.t_ota:
         await a.ack(epoch, seq, _R_UNKNOWN_OP)  # OTA is not in this firmware yet
         return
-    guard = None
-    try:
-        if topic == a.t_cmd:
-            guard = _guard(a.flash)
-            guard.admit(epoch, seq, ts, body, a.now())
-        elif ts is None or ts < a.cfg_ts:
-            raise ProtocolError(REPLAY, "config older than the one applied")
-    except ProtocolError as e:
-        i, result = (
-            (1, _R_EXPIRED)
-            if e.code == EXPIRED
-            else (2, _R_REPLAY)
-            if e.code == REPLAY
-            else (3, _R_BAD_ARGS)
-        )
-        a.refused[i] += 1
-        print("idu: refused command:", e.code)
+    if topic == a.t_cmd:
+        result = _admit(a, epoch, seq, ts, body)
+    else:
+        result = _R_REPLAY if ts is None or ts < a.cfg_ts else _R_OK
+        if result:
+            a.refused[2] += 1
+    if result:
+        print("idu: refused command:", result)
         await a.ack(epoch, seq, result)
         return
-    _heap_sample(a)  # the command path is loaded: the agent's live peak is now
-    if guard is not None:
-        from bootstate import write
-
-        write(a.flash + "/guard.bin", guard.dumps())  # before executing: never twice
-        del guard, write
-    unload("protocol.commands", "bootstate")
-    if not isinstance(body, dict):
-        return  # decoding has checked the body shape; this only narrows the type
     if topic == a.t_cmd:
         op = body.get(_C_OP)
         args = body.get(_C_ARGS) or {}
@@ -115,7 +91,6 @@ async def handle(a, topic, payload):
         op = _OP_SET_CONFIG
         args = body
     data = None
-    result = _R_OK
     if op == _OP_PING:
         data = {0: a.uptime()}
     elif op == _OP_DIAGNOSTICS:
@@ -128,6 +103,7 @@ async def handle(a, topic, payload):
         result, new_key = rotate_key(a, args)
     else:
         result = _R_UNKNOWN_OP
+    _heap_sample(a)
     await a.ack(epoch, seq, result, data)  # a rotation's ack: still the old key
     if result == _R_OK and op == _OP_ROTATE_KEY:
         from protocol.sign import Signer
@@ -135,6 +111,33 @@ async def handle(a, topic, payload):
         a.signer = Signer(new_key)  # from now on (docs/PROVISIONING.md, "Key rotation")
     if result == _R_OK and op == _OP_SET_CONFIG:
         await a.event(_EV_CONFIG_APPLIED, 0, None, {0: a.cfg_hash})
+
+
+def _admit(a, epoch, seq, ts, body):
+    """The command guard's verdict (a result code, 0 to run), persisted before running so a
+    command never runs twice, even across a reset."""
+    from protocol.commands import CommandGuard
+
+    path = a.flash + "/guard.bin"
+    try:
+        with open(path, "rb") as f:
+            guard = CommandGuard.loads(f.read())
+    except (OSError, ValueError):
+        guard = CommandGuard()
+    try:
+        guard.admit(epoch, seq, ts, body, a.now())
+    except ValueError as e:  # ProtocolError
+        code = e.code  # type: ignore[attr-defined]
+        i = 1 if code == "expired" else 2 if code == "replay" else 3
+        a.refused[i] += 1
+        return _R_EXPIRED if i == 1 else _R_REPLAY if i == 2 else _R_BAD_ARGS
+    _heap_sample(a)
+    from bootstate import write
+
+    write(path, guard.dumps())
+    del guard, CommandGuard, write
+    unload("protocol.commands", "bootstate", "protocol.errors")
+    return _R_OK
 
 
 def _heap_sample(a):

@@ -17,6 +17,8 @@ if ".frozen" not in sys.path:
 
 
 def main():
+    """Boot, then run the agent until it stops; a reboot command boots again in this process
+    on the unix port (agent.run resets an ESP32, and exits 1 after a crash)."""
     while True:
         import startup
 
@@ -26,37 +28,16 @@ def main():
             sys.modules.pop(name, None)  # boot-only code: freed before the agent loads
         gc.collect()
         if booted is None:  # provisioned with a claim bundle: fetch the identity, boot again
-            import claim
+            import claim as step
 
-            try:
-                claim.ensure(flash)
-            except claim.ClaimFailed as e:
-                print("idu: claim failed:", e)
-                sys.exit(1)
-            del claim
-            sys.modules.pop("claim", None)
-            gc.collect()
-            continue
-        import agent
+            step.boot(flash)
+        else:
+            import agent as step
 
-        result = agent.run(flash, booted)
-        del booted
-        if result == agent.CRASHED or (result == agent.REBOOT and sys.platform == "esp32"):
-            if sys.platform == "esp32":
-                import machine
-
-                machine.reset()
-            sys.exit(1)
-        if result != agent.REBOOT:
-            return
-        del agent
-        for name in ("agent", "cmds", "link", "mqtt_codec", "ring", "backoff", "board_sim"):
-            sys.modules.pop(name, None)  # the agent's code is freed before boot code loads again
-        import asyncio
-
-        asyncio.new_event_loop().set_exception_handler(None)  # it held the old agent alive
+            if not step.run(flash, booted):
+                return
+        del step, booted
         gc.collect()
-        print("idu: soft reboot")
 
 
 main()

@@ -1,12 +1,17 @@
 """Device-side freshness for downlink commands: expiry plus a bounded set of command ids already
 executed, with a watermark so an id evicted from the set can never run again. Pure state; the
-device persists dumps() to flash so a reboot does not reopen the door to replays."""
+device persists dumps() to flash so a reboot does not reopen the door to replays.
 
-from protocol.codec import Reader, Writer
-from protocol.errors import BAD_FIELD, EXPIRED, REPLAY, ProtocolError
+Refusals go through writer.refuse and the saved state is plain struct, not msgpack: a device
+loads this module while a command runs, and neither protocol.errors nor the decoder need to be
+in its heap alongside it."""
 
-# For the type checker only: at run time a device passes protocol.downlink.Downlink (same fields),
-# and loading protocol.envelope just for a name would cost a device heap.
+import struct
+
+from protocol.writer import refuse
+
+# For the type checker only: at run time a device calls admit() with the fields it opened
+# (protocol.downlink), and loading protocol.envelope just for a name would cost a device heap.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from protocol.envelope import Message
@@ -15,6 +20,7 @@ _C_EXPIRES = 1  # protocol.messages.C_EXPIRES
 
 MAX_TTL = 3600  # a command is valid at most this long after it was issued
 CAPACITY = 16  # ids remembered; more unexpired commands than this raise the watermark
+_MAGIC = b"IDUG"  # dumps(): magic, watermark (u64), then (epoch u32, seq u32, expires u64)*
 
 
 class CommandGuard:
@@ -32,16 +38,16 @@ class CommandGuard:
         """accept() on the message's fields: a device drops the decoded message (and the decoder's
         code) before it loads this module."""
         if ts is None or not isinstance(body, dict):
-            raise ProtocolError(BAD_FIELD, "commands carry the controller's ts")
+            refuse("bad_field", "commands carry the controller's ts")
         expires = body.get(_C_EXPIRES)
         if not isinstance(expires, int) or expires - ts > MAX_TTL:
-            raise ProtocolError(BAD_FIELD, "expiry missing or beyond %d s" % MAX_TTL)
+            refuse("bad_field", "expiry missing or beyond %d s" % MAX_TTL)
         t = ts if now is None or now < ts else now
         if expires < t:
-            raise ProtocolError(EXPIRED, "expired %d s ago" % (t - expires))
+            refuse("expired", "expired %d s ago" % (t - expires))
         ident = (epoch, seq)
         if expires <= self.watermark or ident in self.seen:
-            raise ProtocolError(REPLAY, "command %d/%d" % ident)
+            refuse("replay", "command %d/%d" % ident)
         for k in [k for k, e in self.seen.items() if e < t]:
             # A clockless device judges expiry by the newest ts it has seen, so a pruned id's
             # own old ts would look fresh again: the watermark keeps it refused.
@@ -52,22 +58,20 @@ class CommandGuard:
             self.watermark = max(self.watermark, self.seen.pop(oldest))
 
     def dumps(self) -> bytes:
-        w = Writer(bytearray(32 + 16 * CAPACITY))
-        w.array_head(1 + 3 * len(self.seen))
-        w.integer(self.watermark)
+        out = bytearray(_MAGIC + struct.pack("<Q", self.watermark))
         for (e, s), x in sorted(self.seen.items()):
-            w.integer(e)
-            w.integer(s)
-            w.integer(x)
-        return bytes(w.mv[: w.pos])
+            out += struct.pack("<IIQ", e, s, x)
+        return bytes(out)
 
     @classmethod
     def loads(cls, data: bytes) -> "CommandGuard":
+        """The state dumps() wrote; raises ValueError on anything else (the device then starts
+        from an empty guard)."""
+        if data[:4] != _MAGIC or len(data) % 16 != 12:
+            raise ValueError("not a command guard state")
         g = cls()
-        v = Reader(data).value()
-        if not isinstance(v, list) or len(v) % 3 != 1:
-            raise ProtocolError(BAD_FIELD, "not a command guard state")
-        g.watermark = v[0]
-        for i in range(1, len(v), 3):
-            g.seen[(v[i], v[i + 1])] = v[i + 2]
+        g.watermark = struct.unpack_from("<Q", data, 4)[0]
+        for i in range(12, len(data), 16):
+            e, s, x = struct.unpack_from("<IIQ", data, i)
+            g.seen[(e, s)] = x
         return g
