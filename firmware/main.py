@@ -28,15 +28,10 @@ def main():
             sys.modules.pop(name, None)  # boot-only code: freed before the agent loads
         gc.collect()
         if booted is None:  # provisioned with a claim bundle: fetch the identity, boot again
-            import claim as step
-
-            step.boot(flash)
-        else:
-            import agent as step
-
-            if not step.run(flash, booted):
-                return
-        del step, booted
+            __import__("claim").boot(flash)
+        elif not __import__("agent").run(flash, booted):
+            return
+        del booted
         gc.collect()
 
 
