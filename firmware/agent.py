@@ -19,11 +19,6 @@ from protocol.writer import Writer
 
 # Wire numbers from protocol.messages, as const(): private consts cost no heap, while importing
 # the module costs its tables (tests/test_firmware_heap.py checks they match).
-_ACK = const(6)
-_A_CMD_EPOCH = const(0)
-_A_CMD_SEQ = const(1)
-_A_DATA = const(3)
-_A_RESULT = const(2)
 _BATCH = const(4)
 _BIRTH = const(1)
 _B_BOARD = const(1)
@@ -125,18 +120,24 @@ class Agent:
 
     def setup_metrics(self):
         cfg = self.cfg
-        ids = _HEALTH + tuple(range(16, 30) if cfg["kind"] == "ap" else range(48, 64))
-        if cfg["metrics"] is not None:
-            ids = tuple(i for i in ids if i in cfg["metrics"])
+        ids = []
+        for i in _HEALTH + tuple(range(16, 30) if cfg["kind"] == "ap" else range(48, 64)):
+            if cfg["metrics"] is None or i in cfg["metrics"]:
+                ids.append(i)
+        n = len(ids)
         self.ids = ids
-        self.vals = [0] * len(ids)
-        self.last = [0] * len(ids)
+        self.vals = [0] * n
+        self.last = [0] * n
         self.have_last = False
-        self.db = [cfg["deadbands"].get(i, 0) for i in ids]
-        self.any_db = any(self.db)
-        self.batch_n = n = cfg["batch"]
+        self.db = db = [0] * n
+        for i in range(n):
+            db[i] = cfg["deadbands"].get(ids[i], 0)
+        self.any_db = any(db)
+        self.batch_n = k = cfg["batch"]
         # batch rows: [sample time ms, values]; None when every sample is its own REPORT
-        self.batch: list | None = [[0, [0] * len(ids)] for _ in range(n)] if n > 1 else None
+        self.batch: list | None = None
+        if k > 1:
+            self.batch = [[0, [0] * n] for _ in range(k)]
         self.batch_len = 0
         self.last_dropped = self.ring.state.dropped
         self.cfg_gen += 1
@@ -150,56 +151,36 @@ class Agent:
             t = self.time_off + self.uptime()
         return t
 
-    def next_seq(self):
-        self.seq = (self.seq + 1) & 0xFFFFFFFF
-        return self.seq
-
-    def heap_mark(self):
-        a = gc.mem_alloc()
-        if a > self.heap_peak:
-            self.heap_peak = a
-        return a
-
     async def publish_ctl(self, topic, mtype, body, seq=0, wait=True):
-        """Event, ack, death: signed into buf, QoS 1, acked unless not wait (then the pid).
-        Raises OSError when the link is down: these are state, not data, so not buffered."""
+        """Birth, event, ack, death: signed into buf and sent QoS 1, not buffered (state, not
+        data). True once acked (the pid when not wait); False when the link is or goes down."""
+        if not seq:
+            self.seq = seq = (self.seq + 1) & 0xFFFFFFFF
         w = Writer(self.buf)
-        write_head(w, mtype, self.epoch, seq or self.next_seq(), self.now(), self.uptime())
+        write_head(w, mtype, self.epoch, seq, self.now(), self.uptime())
         w.value(body, 1)
         n = seal(w, self.signer, topic)
-        pid = self.link.next_pid()
-        await self.link.publish(topic, self.buf, n, 1, pid)
-        return await self.link.wait_ack(pid) if wait else pid
-
-    async def ack(self, epoch, seq, result, data=None):
-        body = {_A_CMD_EPOCH: epoch, _A_CMD_SEQ: seq, _A_RESULT: result}
-        if data:
-            body[_A_DATA] = data
-        await self.publish_ctl(self.t_ack, _ACK, body)
-
-    async def event(self, code, severity, text=None, data=None):
-        body = {_E_CODE: code, _E_SEVERITY: severity}
-        if text:
-            body[_E_TEXT] = text
-        if data:
-            body[_E_DATA] = data
+        link = self.link
+        pid = link.next_pid()
         try:
-            await self.publish_ctl(self.t_evt, _EVENT, body)
+            await link.publish(topic, self.buf, n, 1, pid)
         except OSError:
-            pass
+            return False
+        return await link.wait_ack(pid) if wait else pid
 
     # ------------------------------------------------------------------------------- tasks
     async def connectivity(self):
         """The only place that connects: forever, with capped exponential backoff and full
-        jitter. Other tasks wait on self.ready and never see socket errors."""
+        jitter. Other tasks wait on self.ready and never see socket errors. Birth goes out
+        on every connect, before anything else."""
         bo = self.cfg["backoff"]
         link = self.link
         attempt = 0
         death_seq = 0
         while self.result == STOPPED:
-            if not death_seq:
-                death_seq = self.next_seq()
-                birth_seq = self.next_seq()  # reserved together: DEATH is always BIRTH - 1
+            if not death_seq:  # DEATH and BIRTH seqs are reserved together: DEATH = BIRTH - 1
+                death_seq = (self.seq + 1) & 0xFFFFFFFF
+                self.seq = birth_seq = (death_seq + 1) & 0xFFFFFFFF
             w = Writer(self.will_buf)
             write_head(w, _DEATH, self.epoch, death_seq, self.now(), self.uptime())
             w.map_head(1)
@@ -214,7 +195,46 @@ class Agent:
                     (self.t_cmd, self.t_cfg, self.t_ota),
                 )
                 attempt = 0
-                await self.birth(birth_seq)
+                cfg = self.cfg
+                st = self.ring.state
+                w = Writer(self.buf)
+                write_head(w, _BIRTH, self.epoch, birth_seq, self.now(), self.uptime())
+                w.value(
+                    {
+                        _B_FIRMWARE: FIRMWARE,
+                        _B_BOARD: self.board.name,
+                        _B_BOOT_REASON: self.boot_reason,
+                        _B_CONFIG_HASH: self.cfg_hash,
+                        _B_SAFE_MODE: self.safe,
+                        _B_KIND: cfg["kind"],
+                        _B_INTERVAL: cfg["interval"],
+                        _B_BUFFERED: st.count,
+                    },
+                    1,
+                )
+                n = seal(w, self.signer, self.t_birth)
+                await link.publish(self.t_birth, self.buf, n, 1, link.next_pid())
+                if self.safe:
+                    asyncio.create_task(
+                        self.publish_ctl(
+                            self.t_evt,
+                            _EVENT,
+                            {
+                                _E_CODE: _EV_SAFE_MODE,
+                                _E_SEVERITY: 2,
+                                _E_TEXT: "crash loop: sensors off",
+                            },
+                        )
+                    )
+                if st.dropped != self.dropped_event:
+                    self.dropped_event = st.dropped
+                    asyncio.create_task(
+                        self.publish_ctl(
+                            self.t_evt,
+                            _EVENT,
+                            {_E_CODE: _EV_BUFFER_DROPPED, _E_SEVERITY: 1, _E_DATA: {0: st.dropped}},
+                        )
+                    )
                 self.death_seq = death_seq
                 self.ready.set()
                 self.ring_evt.set()
@@ -232,30 +252,6 @@ class Agent:
             d = backoff.delay_ms(attempt, bo["base_ms"], bo["cap_ms"], self.rng.r16())
             attempt += 1
             await sleep_ms(d)
-
-    async def birth(self, seq):
-        cfg = self.cfg
-        body = {
-            _B_FIRMWARE: FIRMWARE,
-            _B_BOARD: self.board.name,
-            _B_BOOT_REASON: self.boot_reason,
-            _B_CONFIG_HASH: self.cfg_hash,
-            _B_SAFE_MODE: self.safe,
-            _B_KIND: cfg["kind"],
-            _B_INTERVAL: cfg["interval"],
-            _B_BUFFERED: self.ring.state.count,
-        }
-        w = Writer(self.buf)
-        write_head(w, _BIRTH, self.epoch, seq, self.now(), self.uptime())
-        w.value(body, 1)
-        n = seal(w, self.signer, self.t_birth)
-        await self.link.publish(self.t_birth, self.buf, n, 1, self.link.next_pid())
-        if self.safe:
-            asyncio.create_task(self.event(_EV_SAFE_MODE, 2, "crash loop: sensors off"))
-        d = self.ring.state.dropped
-        if d != self.dropped_event:
-            self.dropped_event = d
-            asyncio.create_task(self.event(_EV_BUFFER_DROPPED, 1, None, {0: d}))
 
     async def drain(self):
         """Send the ring oldest first, one in flight, pop on PUBACK. A payload unacked when the
@@ -295,8 +291,10 @@ class Agent:
 
     async def reporter(self):
         """Sample on a schedule; report every interval, and early when a metric moves past its
-        deadband. Reports are signed when sampled and always go through the ring."""
+        deadband. Each report is signed into buf when sampled and pushed to the ring: no
+        allocation beyond the HMAC."""
         b = self.board
+        st = self.ring.state
         while True:
             gen = self.cfg_gen
             period = self.cfg["interval"] * 1000
@@ -305,80 +303,64 @@ class Agent:
             while gen == self.cfg_gen:
                 await sleep_ms(b.real_ms(tick))
                 now = b.ms()
-                self.sample(period // 1000)
-                if now >= due_at or (self.any_db and self.moved()):
-                    self.record(now)
-                    due_at = now + period
-
-    def sample(self, period_s):
-        ids, vals, st = self.ids, self.vals, self.ring.state
-        self.board.sample(ids, vals, period_s)
-        for i in range(len(ids)):
-            m = ids[i]
-            if m == 1:
-                vals[i] = self.uptime()
-            elif m == 2:
-                vals[i] = gc.mem_free()
-            elif m == 3:
-                vals[i] = self.board.rssi()
-            elif m == 5:
-                vals[i] = st.count
-            elif m == 6:
-                vals[i] = st.dropped - self.last_dropped
-
-    def moved(self):
-        vals, last, db = self.vals, self.last, self.db
-        if not self.have_last:
-            return False
-        for i in range(len(vals)):
-            if db[i] and abs(vals[i] - last[i]) >= db[i]:
-                return True
-        return False
-
-    def record(self, now_ms):
-        """Sign the current sample (or the completed batch) into buf and push it to the
-        ring: no allocation beyond the HMAC."""
-        ids, vals, last = self.ids, self.vals, self.last
-        for i in range(len(vals)):
-            last[i] = vals[i]
-        self.have_last = True
-        self.last_dropped = self.ring.state.dropped
-        batch = self.batch
-        if batch is not None:
-            s = batch[self.batch_len]
-            s[0] = now_ms
-            sv = s[1]
-            for i in range(len(vals)):
-                sv[i] = vals[i]
-            self.batch_len += 1
-            if self.batch_len < self.batch_n:
-                return
-        w = Writer(self.buf)
-        write_head(
-            w,
-            _BATCH if batch else _REPORT,
-            self.epoch,
-            self.next_seq(),
-            self.now(),
-            self.uptime(),
-        )
-        rows = self.batch_len if batch else 1
-        if batch:
-            w.array_head(rows)
-        for j in range(rows):
-            if batch:
-                w.array_head(2)
-                w.integer((now_ms - batch[j][0]) // 1000)
-                vals = batch[j][1]
-            w.map_head(len(ids))
-            for i in range(len(ids)):
-                w.integer(ids[i])
-                w.integer(vals[i])
-        self.batch_len = 0
-        self.ring.push(self.buf, seal(w, self.signer, self.t_rep))
-        self.heap_mark()
-        self.reports += 1
-        self.ring_evt.set()
+                ids, vals, last, db = self.ids, self.vals, self.last, self.db
+                b.sample(ids, vals, period // 1000)
+                moved = False
+                for i in range(len(ids)):
+                    m = ids[i]
+                    if m == 1:
+                        vals[i] = now // 1000
+                    elif m == 2:
+                        vals[i] = gc.mem_free()
+                    elif m == 3:
+                        vals[i] = b.rssi()
+                    elif m == 5:
+                        vals[i] = st.count
+                    elif m == 6:
+                        vals[i] = st.dropped - self.last_dropped
+                    if db[i] and self.have_last and abs(vals[i] - last[i]) >= db[i]:
+                        moved = True
+                if now < due_at and not moved:
+                    continue
+                due_at = now + period
+                for i in range(len(vals)):
+                    last[i] = vals[i]
+                self.have_last = True
+                self.last_dropped = st.dropped
+                batch = self.batch
+                if batch is not None:
+                    s = batch[self.batch_len]
+                    s[0] = now
+                    sv = s[1]
+                    for i in range(len(vals)):
+                        sv[i] = vals[i]
+                    self.batch_len += 1
+                    if self.batch_len < self.batch_n:
+                        continue
+                self.seq = (self.seq + 1) & 0xFFFFFFFF
+                w = Writer(self.buf)
+                write_head(
+                    w, _BATCH if batch else _REPORT, self.epoch, self.seq, self.now(), now // 1000
+                )
+                rows = self.batch_len if batch else 1
+                if batch:
+                    w.array_head(rows)
+                for j in range(rows):
+                    if batch:
+                        w.array_head(2)
+                        w.integer((now - batch[j][0]) // 1000)
+                        vals = batch[j][1]
+                    w.map_head(len(ids))
+                    for i in range(len(ids)):
+                        w.integer(ids[i])
+                        w.integer(vals[i])
+                self.batch_len = 0
+                self.ring.push(self.buf, seal(w, self.signer, self.t_rep))
+                a = gc.mem_alloc()
+                if a > self.heap_peak:
+                    self.heap_peak = a
+                self.reports += 1
+                self.ring_evt.set()
 
     def on_publish(self, topic, payload):
         """From the link's reader: copy and queue, bounded (drops counted)."""
@@ -425,7 +407,9 @@ class Agent:
         t0 = time.ticks_ms()
         while True:
             self.board.wdt_feed()
-            self.heap_mark()
+            a = gc.mem_alloc()
+            if a > self.heap_peak:
+                self.heap_peak = a
             gc.collect()
             a = gc.mem_alloc()
             if a > self.heap_hw:

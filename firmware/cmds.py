@@ -12,7 +12,16 @@ from micropython import const
 
 # Wire numbers from protocol.messages, as const(): private consts cost no heap, while importing
 # the module costs its tables (tests/test_firmware_heap.py checks they match).
+_ACK = const(6)
+_A_CMD_EPOCH = const(0)
+_A_CMD_SEQ = const(1)
+_A_DATA = const(3)
+_A_RESULT = const(2)
 _C_ARGS = const(2)
+_EVENT = const(5)
+_E_CODE = const(0)
+_E_DATA = const(3)
+_E_SEVERITY = const(1)
 _C_OP = const(0)
 _EV_CONFIG_APPLIED = const(3)
 _OP_DIAGNOSTICS = const(4)
@@ -63,7 +72,7 @@ async def handle(a, topic, payload):
             _, epoch, seq, _, _ = open_downlink(payload, topic, channel, None)
         except ValueError:
             return
-        await a.ack(epoch, seq, _R_BAD_TAG if code == "bad_tag" else _R_BAD_ARGS)
+        await _ack(a, epoch, seq, _R_BAD_TAG if code == "bad_tag" else _R_BAD_ARGS)
         return
     _heap_sample(a)
     del open_downlink
@@ -71,7 +80,7 @@ async def handle(a, topic, payload):
     if ts is not None and a.board.unix() is None:
         a.time_off = ts - a.uptime()  # no RTC: learn the time from verified downlink
     if topic == a.t_ota:
-        await a.ack(epoch, seq, _R_UNKNOWN_OP)  # OTA is not in this firmware yet
+        await _ack(a, epoch, seq, _R_UNKNOWN_OP)  # OTA is not in this firmware yet
         return
     if topic == a.t_cmd:
         result = _admit(a, epoch, seq, ts, body)
@@ -81,7 +90,7 @@ async def handle(a, topic, payload):
             a.refused[2] += 1
     if result:
         print("idu: refused command:", result)
-        await a.ack(epoch, seq, result)
+        await _ack(a, epoch, seq, result)
         return
     if topic == a.t_cmd:
         op = body.get(_C_OP)
@@ -104,13 +113,22 @@ async def handle(a, topic, payload):
     else:
         result = _R_UNKNOWN_OP
     _heap_sample(a)
-    await a.ack(epoch, seq, result, data)  # a rotation's ack: still the old key
+    await _ack(a, epoch, seq, result, data)  # a rotation's ack: still the old key
     if result == _R_OK and op == _OP_ROTATE_KEY:
         from protocol.sign import Signer
 
         a.signer = Signer(new_key)  # from now on (docs/PROVISIONING.md, "Key rotation")
     if result == _R_OK and op == _OP_SET_CONFIG:
-        await a.event(_EV_CONFIG_APPLIED, 0, None, {0: a.cfg_hash})
+        await a.publish_ctl(
+            a.t_evt, _EVENT, {_E_CODE: _EV_CONFIG_APPLIED, _E_SEVERITY: 0, _E_DATA: {0: a.cfg_hash}}
+        )
+
+
+async def _ack(a, epoch, seq, result, data=None):
+    body = {_A_CMD_EPOCH: epoch, _A_CMD_SEQ: seq, _A_RESULT: result}
+    if data:
+        body[_A_DATA] = data
+    await a.publish_ctl(a.t_ack, _ACK, body)
 
 
 def _admit(a, epoch, seq, ts, body):
@@ -193,8 +211,10 @@ def set_config(a, args):
 def diagnostics(a):
     import gc
 
+    n = gc.mem_alloc()
+    if n > a.heap_peak:
+        a.heap_peak = n
     gc.collect()
-    a.heap_mark()
     r = a.refused
     st = a.ring.state
     return {
