@@ -53,12 +53,15 @@ _HEALTH = (1, 2, 3, 5, 6)
 
 
 def unload(*names):
-    """Drop modules so their code can be collected (they are re-imported when next needed)."""
+    """Drop modules so their code can be collected (they are re-imported when next needed).
+    Protocol submodules are named without "protocol.": a constant of 10+ characters is a heap
+    object on a device, and these names are short enough to be interned instead."""
     p = sys.modules.get("protocol")
     for n in names:
         sys.modules.pop(n, None)
-        if p is not None and n.startswith("protocol.") and hasattr(p, n[9:]):
-            delattr(p, n[9:])  # the package holds its submodules as attributes too
+        sys.modules.pop("protocol." + n, None)
+        if p is not None and hasattr(p, n):
+            delattr(p, n)  # the package holds its submodules as attributes too
     gc.collect()
 
 
@@ -238,10 +241,10 @@ class Agent:
                 self.death_seq = death_seq
                 self.ready.set()
                 self.ring_evt.set()
-                print("idu: connected", link.conn_id)
+                print("idu:", "connected", link.conn_id)
                 await link.run()
             except Exception as e:  # any link failure means reconnect
-                print("idu: link down:", repr(e))
+                print("idu:", "link down:", repr(e))
             if link.connect_sent:
                 death_seq = 0  # the broker may hold (and publish) this will: never reuse it
             self.ready.clear()
@@ -377,27 +380,39 @@ class Agent:
                 await self.cmd_evt.wait()
                 continue
             gc.collect()  # the command's code and data go into holes left by report garbage
-            import cmds
-
             while self.cmd_q:
                 topic, payload = self.cmd_q.pop(0)
+                import inbox
+
                 try:
-                    await cmds.handle(self, topic, payload)
-                except OSError:
-                    pass  # the ack was lost with the link; the controller retries
-                del topic, payload
-            del cmds
+                    await inbox.handle(self, topic, payload)
+                except (OSError, MemoryError) as e:  # the ack was lost with the link, or
+                    print("idu:", "command", repr(e))  # it did not fit: the controller retries
+                del topic, payload, inbox
+                unload("inbox", "cmds")
             unload(
+                "inbox",
                 "cmds",
                 "tunables",
                 "bootstate",
-                "protocol.commands",
-                "protocol.downlink",
-                "protocol.codec",
-                "protocol.errors",
+                "commands",
+                "downlink",
+                "codec",
+                "errors",
             )
             if self.result != STOPPED:
                 self.stop_evt.set()
+
+    def sample_heap(self):
+        """Track the heap: allocated before a collection (garbage included) and live after it,
+        whose high water diagnostics report. Commands call it at their peaks too."""
+        a = gc.mem_alloc()
+        if a > self.heap_peak:
+            self.heap_peak = a
+        gc.collect()
+        a = gc.mem_alloc()
+        if a > self.heap_hw:
+            self.heap_hw = a
 
     async def housekeeping(self):
         """Feed the watchdog from the main loop, track the live-heap high water, and clear the
@@ -407,13 +422,7 @@ class Agent:
         t0 = time.ticks_ms()
         while True:
             self.board.wdt_feed()
-            a = gc.mem_alloc()
-            if a > self.heap_peak:
-                self.heap_peak = a
-            gc.collect()
-            a = gc.mem_alloc()
-            if a > self.heap_hw:
-                self.heap_hw = a
+            self.sample_heap()
             if not marked and time.ticks_diff(time.ticks_ms(), t0) >= stable_ms:
                 import bootstate
 
@@ -426,14 +435,16 @@ class Agent:
     # ------------------------------------------------------------------------------- lifecycle
     def crashed(self, loop, context):
         exc = context.get("exception")
-        print("idu: task crashed:", repr(exc))
+        print("idu:", "task", "crashed:", repr(exc))
         self.result = CRASHED
         self.stop_evt.set()
 
     async def main(self):
         asyncio.get_event_loop().set_exception_handler(self.crashed)
         print(
-            "idu: boot epoch",
+            "idu:",
+            "boot",
+            "epoch",
             self.epoch,
             "safe" if self.safe else "normal",
             "buffered",
@@ -490,8 +501,8 @@ def run(flash, booted):
         sys.exit(1)
     if result != REBOOT:
         return False
-    for name in ("agent", "cmds", "link", "mqtt_codec", "ring", "backoff", "board_sim"):
+    for name in ("agent", "inbox", "cmds", "link", "mqtt_codec", "ring", "backoff", "board_sim"):
         sys.modules.pop(name, None)  # the agent's code is freed before boot code loads again
     asyncio.new_event_loop().set_exception_handler(None)  # it held the old agent alive
-    print("idu: soft reboot")
+    print("idu:", "soft", "reboot")
     return True

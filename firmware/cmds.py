@@ -1,11 +1,6 @@
-"""Downlink handling, loaded when a command arrives and unloaded after (agent.py), so its code
-does not sit in the heap between commands. Every command gets a signed ack; a bad tag, an expired
-or a replayed command is refused, counted and never executed.
-
-A command runs in phases, each unloading what the next does not need, so the heap holds one
-helper at a time next to this module: open (protocol.downlink and the decoder), admit
-(protocol.commands and its saved state), execute (tunables for set_config). protocol.errors
-loads only when something is refused."""
+"""Command execution and acks, loaded by inbox.py once a downlink message is verified and admitted
+(with the decoder and the guard unloaded), and unloaded after the ack (agent.py), so its code
+does not sit in the heap between commands. set_config unloads tunables when done."""
 
 from agent import unload
 from micropython import const
@@ -30,11 +25,8 @@ _OP_REBOOT = const(2)
 _OP_ROTATE_KEY = const(5)
 _OP_SET_CONFIG = const(3)
 _R_BAD_ARGS = const(1)
-_R_BAD_TAG = const(5)
-_R_EXPIRED = const(3)
 _R_FAILED = const(7)
 _R_OK = const(0)
-_R_REPLAY = const(4)
 _R_UNKNOWN_OP = const(2)
 
 # Diagnostics ack data keys (firmware/README.md).
@@ -57,41 +49,8 @@ _DG_CMD_DROPPED = const(15)
 _DG_REFUSED_MALFORMED = const(16)
 
 
-async def handle(a, topic, payload):
-    """Verify, check freshness, execute and ack one downlink message for agent a."""
-    from protocol.downlink import open_downlink  # local: unload() below can then free it
-
-    channel = "cmd" if topic == a.t_cmd else "cfg" if topic == a.t_cfg else "ota"
-    try:
-        _, epoch, seq, ts, body = open_downlink(payload, topic, channel, a.signer)
-    except ValueError as e:  # ProtocolError: the only error open_downlink raises
-        code = e.code  # type: ignore[attr-defined]
-        a.refused[0 if code == "bad_tag" else 3] += 1
-        print("idu: refused downlink:", code)
-        try:  # unverified: only to name the message in the ack
-            _, epoch, seq, _, _ = open_downlink(payload, topic, channel, None)
-        except ValueError:
-            return
-        await _ack(a, epoch, seq, _R_BAD_TAG if code == "bad_tag" else _R_BAD_ARGS)
-        return
-    _heap_sample(a)
-    del open_downlink
-    unload("protocol.downlink", "protocol.codec")  # before protocol.commands loads
-    if ts is not None and a.board.unix() is None:
-        a.time_off = ts - a.uptime()  # no RTC: learn the time from verified downlink
-    if topic == a.t_ota:
-        await _ack(a, epoch, seq, _R_UNKNOWN_OP)  # OTA is not in this firmware yet
-        return
-    if topic == a.t_cmd:
-        result = _admit(a, epoch, seq, ts, body)
-    else:
-        result = _R_REPLAY if ts is None or ts < a.cfg_ts else _R_OK
-        if result:
-            a.refused[2] += 1
-    if result:
-        print("idu: refused command:", result)
-        await _ack(a, epoch, seq, result)
-        return
+async def run(a, topic, epoch, seq, ts, body):
+    """Execute and ack one verified, admitted downlink message (cmd or cfg) for agent a."""
     if topic == a.t_cmd:
         op = body.get(_C_OP)
         args = body.get(_C_ARGS) or {}
@@ -100,6 +59,7 @@ async def handle(a, topic, payload):
         op = _OP_SET_CONFIG
         args = body
     data = None
+    result = _R_OK
     if op == _OP_PING:
         data = {0: a.uptime()}
     elif op == _OP_DIAGNOSTICS:
@@ -112,8 +72,8 @@ async def handle(a, topic, payload):
         result, new_key = rotate_key(a, args)
     else:
         result = _R_UNKNOWN_OP
-    _heap_sample(a)
-    await _ack(a, epoch, seq, result, data)  # a rotation's ack: still the old key
+    a.sample_heap()
+    await ack(a, epoch, seq, result, data)  # a rotation's ack: still the old key
     if result == _R_OK and op == _OP_ROTATE_KEY:
         from protocol.sign import Signer
 
@@ -124,49 +84,11 @@ async def handle(a, topic, payload):
         )
 
 
-async def _ack(a, epoch, seq, result, data=None):
+async def ack(a, epoch, seq, result, data=None):
     body = {_A_CMD_EPOCH: epoch, _A_CMD_SEQ: seq, _A_RESULT: result}
     if data:
         body[_A_DATA] = data
     await a.publish_ctl(a.t_ack, _ACK, body)
-
-
-def _admit(a, epoch, seq, ts, body):
-    """The command guard's verdict (a result code, 0 to run), persisted before running so a
-    command never runs twice, even across a reset."""
-    from protocol.commands import CommandGuard
-
-    path = a.flash + "/guard.bin"
-    try:
-        with open(path, "rb") as f:
-            guard = CommandGuard.loads(f.read())
-    except (OSError, ValueError):
-        guard = CommandGuard()
-    try:
-        guard.admit(epoch, seq, ts, body, a.now())
-    except ValueError as e:  # ProtocolError
-        code = e.code  # type: ignore[attr-defined]
-        i = 1 if code == "expired" else 2 if code == "replay" else 3
-        a.refused[i] += 1
-        return _R_EXPIRED if i == 1 else _R_REPLAY if i == 2 else _R_BAD_ARGS
-    _heap_sample(a)
-    from bootstate import write
-
-    write(path, guard.dumps())
-    del guard, CommandGuard, write
-    unload("protocol.commands", "bootstate", "protocol.errors")
-    return _R_OK
-
-
-def _heap_sample(a):
-    """Live heap after a collection, into the high-water mark diagnostics report (the
-    housekeeping task samples between commands and would miss this peak)."""
-    import gc
-
-    gc.collect()
-    n = gc.mem_alloc()
-    if n > a.heap_hw:
-        a.heap_hw = n
 
 
 def rotate_key(a, args):
@@ -204,6 +126,8 @@ def set_config(a, args):
         return _R_BAD_ARGS
     t.save_overrides(a.flash, a.cfg)
     a.cfg_hash = t.config_hash(a.cfg)
+    del t
+    unload("tunables", "bootstate")
     a.setup_metrics()
     return _R_OK
 
@@ -211,10 +135,7 @@ def set_config(a, args):
 def diagnostics(a):
     import gc
 
-    n = gc.mem_alloc()
-    if n > a.heap_peak:
-        a.heap_peak = n
-    gc.collect()
+    a.sample_heap()
     r = a.refused
     st = a.ring.state
     return {

@@ -53,7 +53,7 @@ def _ca_der(path):
     the connectivity loop treats them like any link failure."""
     with open(path, "rb") as f:
         data = f.read()
-    if data.startswith(b"-----BEGIN"):
+    if data.startswith(b"-----"):
         import binascii
 
         body = b"".join(
@@ -143,9 +143,9 @@ class Link:
         t0 = time.ticks_ms()
         while not self.up:
             if self.sock is None:
-                raise self.err or OSError("closed before CONNACK")
+                raise self.err or OSError("closed")
             if time.ticks_diff(time.ticks_ms(), t0) > _CONNACK_TIMEOUT_MS:
-                raise OSError("no CONNACK")
+                raise OSError("timeout")
             await sleep_ms(5)
         n = mq.subscribe(self.tx, self.next_pid(), topics, 1)
         await self._send(self.tx, n)
@@ -195,7 +195,7 @@ class Link:
                     if k is None:
                         continue  # no whole TLS record yet
                     if not k:
-                        raise OSError("connection closed by broker")
+                        raise OSError("EOF")
                     p.added(k)
                     continue
                 first, start, length = pkt
@@ -211,11 +211,11 @@ class Link:
                         await self._send(b, mq.puback(b, pid))
                 elif t == mq.CONNACK and length == 2 and not self.up:
                     if p.buf[start + 1]:
-                        raise OSError("CONNACK refused, code %d" % p.buf[start + 1])
+                        raise OSError("CONNACK", p.buf[start + 1])
                     self.up = True
                     self.conn_id += 1
                 elif t != mq.SUBACK and t != mq.PINGRESP:
-                    raise mq.MqttError("unexpected packet 0x%02x" % first)
+                    raise mq.MqttError("packet", first)
                 p.pop()
                 self.last_rx = time.ticks_ms()
         except Exception as e:  # any failure ends this connection
@@ -233,7 +233,7 @@ class Link:
             await sleep_ms(100)
             now = time.ticks_ms()
             if time.ticks_diff(now, self.last_rx) > ka * 3 // 2:
-                self.err = OSError("broker silent")
+                self.err = OSError("silent")
                 break
             if time.ticks_diff(now, self.last_tx) >= ka // 2:
                 await self._send(mq.PINGREQ, 2)

@@ -21,13 +21,14 @@ _MAX_REMAINING = const(268435455)
 
 
 class MqttError(Exception):
-    """A packet that breaks MQTT 3.1.1 framing: drop the connection and reconnect."""
+    """A packet that breaks MQTT 3.1.1 framing: drop the connection and reconnect. Messages
+    are kept under 10 characters: longer string constants are heap objects on a device."""
 
 
 def _varlen(buf, pos, n):
     """Write the remaining-length field at pos; returns the new position."""
     if n > _MAX_REMAINING:
-        raise MqttError("remaining length")
+        raise MqttError("varlen")
     while True:
         b = n & 0x7F
         n >>= 7
@@ -75,7 +76,7 @@ def connect(
             flags |= 0x40
             rl += 2 + len(password)
     if 1 + _varlen_size(rl) + rl > len(buf):
-        raise MqttError("CONNECT over buffer")
+        raise MqttError("CONNECT")
     buf[0] = CONNECT
     p = _varlen(buf, 1, rl)
     p = _str(buf, p, b"MQTT")
@@ -99,7 +100,7 @@ def publish_head(buf, topic, payload_len, qos=0, pid=0, dup=False, retain=False)
     bytes, so a payload already sitting in its own buffer is never copied. Returns the length."""
     rl = 2 + len(topic) + (2 if qos else 0) + payload_len
     if 1 + _varlen_size(rl) + 2 + len(topic) + 2 > len(buf):
-        raise MqttError("PUBLISH header over buffer")
+        raise MqttError("PUBLISH")
     buf[0] = PUBLISH | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0)
     p = _str(buf, _varlen(buf, 1, rl), topic)
     if qos:
@@ -203,7 +204,7 @@ class Parser:
                 break
             shift += 7
             if i > 4:
-                raise MqttError("remaining length over 4 bytes")
+                raise MqttError("varlen")
         total = i + rl
         if total > len(b):
             self.oversize += 1

@@ -2,9 +2,9 @@
 executed, with a watermark so an id evicted from the set can never run again. Pure state; the
 device persists dumps() to flash so a reboot does not reopen the door to replays.
 
-Refusals go through writer.refuse and the saved state is plain struct, not msgpack: a device
-loads this module while a command runs, and neither protocol.errors nor the decoder need to be
-in its heap alongside it."""
+admit() returns a refusal's code (accept() raises it) and the saved state is plain struct, not
+msgpack: a device loads this module while a command runs, and neither protocol.errors nor the
+decoder need to be in its heap alongside it."""
 
 import struct
 
@@ -32,22 +32,27 @@ class CommandGuard:
         """Admit msg once. `now` is the device's unix time, or None when it has no clock; the
         command's own ts (controller time) then bounds it from below. Raises EXPIRED, REPLAY,
         BAD_FIELD; records the command only when admitting it."""
-        self.admit(msg.epoch, msg.seq, msg.ts, msg.body, now)
+        code = self.admit(msg.epoch, msg.seq, msg.ts, msg.body, now)
+        if code:
+            refuse(code)
 
-    def admit(self, epoch: int, seq: int, ts: int | None, body: object, now: int | None) -> None:
-        """accept() on the message's fields: a device drops the decoded message (and the decoder's
-        code) before it loads this module."""
+    def admit(
+        self, epoch: int, seq: int, ts: int | None, body: object, now: int | None
+    ) -> str | None:
+        """accept() on the message's fields, returning the refusal's code (None: admitted)
+        instead of raising it: a device drops the decoded message (and the decoder's code)
+        before it loads this module, and a refusal then needs no protocol.errors either."""
         if ts is None or not isinstance(body, dict):
-            refuse("bad_field", "commands carry the controller's ts")
+            return "bad_field"  # commands carry the controller's ts
         expires = body.get(_C_EXPIRES)
         if not isinstance(expires, int) or expires - ts > MAX_TTL:
-            refuse("bad_field", "expiry missing or beyond %d s" % MAX_TTL)
+            return "bad_field"  # expiry missing or beyond MAX_TTL
         t = ts if now is None or now < ts else now
         if expires < t:
-            refuse("expired", "expired %d s ago" % (t - expires))
+            return "expired"
         ident = (epoch, seq)
         if expires <= self.watermark or ident in self.seen:
-            refuse("replay", "command %d/%d" % ident)
+            return "replay"
         for k in [k for k, e in self.seen.items() if e < t]:
             # A clockless device judges expiry by the newest ts it has seen, so a pruned id's
             # own old ts would look fresh again: the watermark keeps it refused.
@@ -56,6 +61,7 @@ class CommandGuard:
         while len(self.seen) > CAPACITY:
             oldest = min(self.seen, key=lambda k: self.seen[k])
             self.watermark = max(self.watermark, self.seen.pop(oldest))
+        return None
 
     def dumps(self) -> bytes:
         out = bytearray(_MAGIC + struct.pack("<Q", self.watermark))

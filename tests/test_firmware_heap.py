@@ -45,7 +45,7 @@ def _outcome(fn, *args):  # type: ignore[no-untyped-def]
         m = fn(*args)
     except ProtocolError as e:
         return e.code
-    return m if isinstance(m, tuple) else (m.type, m.epoch, m.seq, m.ts, m.body)
+    return m if isinstance(m, (tuple, str)) else (m.type, m.epoch, m.seq, m.ts, m.body)
 
 
 def _cases() -> list[tuple[str, bytes]]:
