@@ -247,7 +247,7 @@ class Agent:
                 print("idu:", "link down:", repr(e))
             if link.connect_sent:
                 death_seq = 0  # the broker may hold (and publish) this will: never reuse it
-            self.ready.clear()
+            self.ready.on = False
             link.close()
             if self.result != STOPPED:
                 return
@@ -266,7 +266,7 @@ class Agent:
         while True:
             await self.ready.wait()
             if not ring.state.count:
-                self.ring_evt.clear()
+                self.ring_evt.on = False
                 await self.ring_evt.wait()
                 continue
             n = ring.read_head(self.buf)
@@ -376,19 +376,26 @@ class Agent:
     async def downlink(self):
         while True:
             if not self.cmd_q:
-                self.cmd_evt.clear()
+                self.cmd_evt.on = False
                 await self.cmd_evt.wait()
                 continue
             gc.collect()  # the command's code and data go into holes left by report garbage
             while self.cmd_q:
                 topic, payload = self.cmd_q.pop(0)
-                import inbox
+                import inbox  # open and admit; unloaded before cmds loads to execute and ack
 
                 try:
-                    await inbox.handle(self, topic, payload)
+                    m = inbox.handle(self, topic, payload)
+                    del inbox, payload
+                    unload("inbox")
+                    if m:
+                        import cmds
+
+                        await cmds.run(self, topic, *m)
+                        del cmds
                 except (OSError, MemoryError) as e:  # the ack was lost with the link, or
                     print("idu:", "command", repr(e))  # it did not fit: the controller retries
-                del topic, payload, inbox
+                m = topic = payload = None
                 unload("inbox", "cmds")
             unload(
                 "inbox",
@@ -398,6 +405,7 @@ class Agent:
                 "commands",
                 "downlink",
                 "codec",
+                "reader",
                 "errors",
             )
             if self.result != STOPPED:
@@ -467,7 +475,12 @@ class Agent:
                     await sleep_ms(10)
             except Exception:  # best effort on the way down
                 pass
-            await self.link.disconnect()
+            from mqtt_codec import DISCONNECT
+
+            try:
+                await self.link._send(DISCONNECT, 2)  # a clean DISCONNECT: the will is dropped
+            except OSError:
+                pass
         for t in tasks:
             t.cancel()
         self.link.close()
@@ -501,7 +514,7 @@ def run(flash, booted):
         sys.exit(1)
     if result != REBOOT:
         return False
-    for name in ("agent", "inbox", "cmds", "link", "mqtt_codec", "ring", "backoff", "board_sim"):
+    for name in ("agent", "link", "mqtt_codec", "ring", "backoff", "board_sim"):
         sys.modules.pop(name, None)  # the agent's code is freed before boot code loads again
     asyncio.new_event_loop().set_exception_handler(None)  # it held the old agent alive
     print("idu:", "soft", "reboot")

@@ -18,13 +18,11 @@ class Rng:
     def __init__(self, seed):
         self.s = (seed & 0xFFFFFFFF) or 0x9E3779B9
 
-    def next32(self):
+    def r16(self):
+        """The next state's high 16 bits."""
         x = self.s
         x ^= (x << 13) & 0xFFFFFFFF
         x ^= x >> 17
         x ^= (x << 5) & 0xFFFFFFFF
         self.s = x
-        return x
-
-    def r16(self):
-        return self.next32() >> 16
+        return x >> 16

@@ -1,6 +1,6 @@
-"""Command execution and acks, loaded by inbox.py once a downlink message is verified and admitted
-(with the decoder and the guard unloaded), and unloaded after the ack (agent.py), so its code
-does not sit in the heap between commands. set_config unloads tunables when done."""
+"""Command execution and acks, loaded once inbox.py has opened and admitted a downlink message and
+been unloaded (agent.py), and unloaded after the ack, so its code does not sit in the heap
+between commands. set_config unloads tunables when done."""
 
 from agent import unload
 from micropython import const
@@ -49,8 +49,12 @@ _DG_CMD_DROPPED = const(15)
 _DG_REFUSED_MALFORMED = const(16)
 
 
-async def run(a, topic, epoch, seq, ts, body):
-    """Execute and ack one verified, admitted downlink message (cmd or cfg) for agent a."""
+async def run(a, topic, result, epoch, seq, ts, body):
+    """Ack a downlink message inbox.handle refused (result), or execute and ack one it opened
+    and admitted (cmd or cfg) for agent a."""
+    if result:
+        await ack(a, epoch, seq, result)
+        return
     if topic == a.t_cmd:
         op = body.get(_C_OP)
         args = body.get(_C_ARGS) or {}
@@ -124,8 +128,7 @@ def set_config(a, args):
         t.apply(a.cfg, args)
     except (t.ConfigError, TypeError):
         return _R_BAD_ARGS
-    t.save_overrides(a.flash, a.cfg)
-    a.cfg_hash = t.config_hash(a.cfg)
+    a.cfg_hash = t.config_hash(a.cfg, a.flash)
     del t
     unload("tunables", "bootstate")
     a.setup_metrics()

@@ -1,8 +1,8 @@
-"""A downlink message's first steps, loaded when one arrives and unloaded after (agent.py): open
-and verify it (protocol.downlink and the decoder), then admit it (protocol.commands: expiry and
-replay), unloading each helper before the next loads and before cmds.py executes and acks, so the
-heap holds one of them at a time. A bad tag, an expired or a replayed command is refused, counted
-and acked as such, never executed."""
+"""A downlink message's first steps, loaded when one arrives and unloaded before cmds.py executes
+and acks it (agent.py): open and verify it (protocol.downlink and the decoder), then admit it
+(protocol.commands: expiry and replay), unloading each helper before the next loads, so the heap
+holds one of them at a time. A bad tag, an expired or a replayed command is refused and counted
+here, and acked as such by cmds.run, never executed."""
 
 from agent import unload
 from micropython import const
@@ -16,9 +16,10 @@ _R_REPLAY = const(4)
 _R_UNKNOWN_OP = const(2)
 
 
-async def handle(a, topic, payload):
-    """Open and admit one downlink message for agent a, then hand it to cmds.run, or ack it as
-    refused (or, for OTA, as an unknown op: OTA is not in this firmware yet)."""
+def handle(a, topic, payload):
+    """Open and admit one downlink message for agent a: (result, epoch, seq, ts, body) for
+    cmds.run, which executes it when result is 0 and acks it either way (OTA is acked as an
+    unknown op: not in this firmware yet); None when it cannot even be named in an ack."""
     from protocol.downlink import open_downlink  # local: unload() below can then free it
 
     channel = "cmd" if topic == a.t_cmd else "cfg" if topic == a.t_cfg else "ota"
@@ -40,7 +41,7 @@ async def handle(a, topic, payload):
     _, epoch, seq, ts, body = m
     a.sample_heap()  # the decoder and the message are in the heap: a command's peak
     del open_downlink, payload, m
-    unload("downlink", "codec", "errors")
+    unload("downlink", "reader", "errors")
     if code is not None:
         result = _R_BAD_TAG if code == "bad_tag" else _R_BAD_ARGS
     else:
@@ -56,12 +57,7 @@ async def handle(a, topic, payload):
             result = _R_UNKNOWN_OP
         if result and result != _R_UNKNOWN_OP:
             print("idu: refused command:", result)
-    import cmds
-
-    if result:
-        await cmds.ack(a, epoch, seq, result)
-    else:
-        await cmds.run(a, topic, epoch, seq, ts, body)
+    return result, epoch, seq, ts, body
 
 
 def _admit(a, epoch, seq, ts, body):

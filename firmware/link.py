@@ -23,7 +23,7 @@ core = asyncio.core  # type: ignore[attr-defined]
 
 
 class Flag:
-    """asyncio.Event's set/clear/wait (what the agent uses of it), without loading asyncio.event:
+    """asyncio.Event's set and wait (clear: `flag.on = False`), without loading asyncio.event:
     a task waiting here sits in a TaskQueue the way it does in an Event."""
 
     def __init__(self):
@@ -36,31 +36,12 @@ class Flag:
             core._task_queue.push(q.pop())
         self.on = True
 
-    def clear(self):
-        self.on = False
-
     async def wait(self):
         if not self.on:
             t = core.cur_task
             self.q.push(t)
             t.data = self.q  # so cancelling the waiter takes it off this queue
             yield
-
-
-def _ca_der(path):
-    """The CA certificate as DER: this Mbed TLS build takes only DER (`cadata`), while bundles may
-    carry PEM (docs/SECURITY.md). Verification failures surface as ValueError at the first write;
-    the connectivity loop treats them like any link failure."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data.startswith(b"-----"):
-        import binascii
-
-        body = b"".join(
-            ln.strip() for ln in data.split(b"\n") if ln and not ln.startswith(b"-----")
-        )
-        data = binascii.a2b_base64(body)
-    return data
 
 
 class Link:
@@ -115,7 +96,13 @@ class Link:
 
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             if b["ca"]:
-                ctx.load_verify_locations(cadata=_ca_der(b["ca"]))
+                import sys
+
+                from tlsca import der
+
+                ctx.load_verify_locations(cadata=der(b["ca"]))
+                del der
+                sys.modules.pop("tlsca", None)  # once per connect: not worth keeping
                 ctx.verify_mode = ssl.CERT_REQUIRED  # and the name is checked against host
             else:
                 ctx.verify_mode = ssl.CERT_NONE
@@ -202,7 +189,7 @@ class Link:
                 t = first & 0xF0
                 if t == mq.PUBACK:
                     if self.unacked.pop(mq.u16(p.buf, start), None):
-                        self._wake()
+                        self.close(False)  # wakes wait_ack
                 elif t == mq.PUBLISH:
                     ts, tl, pid, ps, pl = mq.parse_publish(first, p.buf, start, length)
                     self.on_publish(p.mv[ts : ts + tl], p.mv[ps : ps + pl])
@@ -259,20 +246,14 @@ class Link:
             await self.ack_evt.wait()
         return True
 
-    def _wake(self):
+    def close(self, down=True):
+        """Close the connection (down), and wake every wait_ack: a new Flag, so a waiter that
+        finds its pid still unacked waits on the next one."""
         ev = self.ack_evt
         self.ack_evt = Flag()
         ev.set()
-
-    async def disconnect(self):
-        try:
-            await self._send(mq.DISCONNECT, 2)
-        except OSError:
-            pass
-        self.close()
-
-    def close(self):
-        was = self.up
+        if not down:
+            return
         self.up = False
         t = self.task
         self.task = None
@@ -285,5 +266,3 @@ class Link:
                 s.close()
             except OSError:
                 pass
-        if was:
-            self._wake()

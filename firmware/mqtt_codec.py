@@ -40,10 +40,6 @@ def _varlen(buf, pos, n):
             return pos
 
 
-def _varlen_size(n):
-    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
-
-
 def _str(buf, pos, s):
     n = len(s)
     buf[pos] = n >> 8
@@ -75,7 +71,7 @@ def connect(
         if password is not None:
             flags |= 0x40
             rl += 2 + len(password)
-    if 1 + _varlen_size(rl) + rl > len(buf):
+    if 5 + rl > len(buf):  # up to 4 length bytes: a few bytes of slack, one function less
         raise MqttError("CONNECT")
     buf[0] = CONNECT
     p = _varlen(buf, 1, rl)
@@ -99,7 +95,7 @@ def publish_head(buf, topic, payload_len, qos=0, pid=0, dup=False, retain=False)
     """Fixed header, topic and packet id of a PUBLISH; the caller sends the payload after these
     bytes, so a payload already sitting in its own buffer is never copied. Returns the length."""
     rl = 2 + len(topic) + (2 if qos else 0) + payload_len
-    if 1 + _varlen_size(rl) + 2 + len(topic) + 2 > len(buf):
+    if 9 + len(topic) > len(buf):
         raise MqttError("PUBLISH")
     buf[0] = PUBLISH | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0)
     p = _str(buf, _varlen(buf, 1, rl), topic)

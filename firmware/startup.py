@@ -128,7 +128,7 @@ def start(flash):
     del unpackb
     import protocol
 
-    for n in ("codec", "errors"):  # the decoder is needed again only when a command arrives
+    for n in ("codec", "reader", "errors"):  # the decoder: needed again when a command arrives
         sys.modules.pop("protocol." + n, None)
         if hasattr(protocol, n):
             delattr(protocol, n)

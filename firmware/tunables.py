@@ -51,18 +51,18 @@ def tunables(cfg):
     return g
 
 
-def config_hash(cfg):
-    """First 8 bytes of SHA-256 over the canonical msgpack of the settable config."""
+def config_hash(cfg, flash=None):
+    """First 8 bytes of SHA-256 over the canonical msgpack of the settable config; with flash,
+    that msgpack is also saved as the overrides set_config persists (one packing for both)."""
     import hashlib
 
-    from protocol.writer import packb
+    from protocol.writer import Writer
 
-    return hashlib.sha256(packb(tunables(cfg), 320)).digest()[:8]
+    w = Writer(bytearray(320))
+    w.value(tunables(cfg))
+    data = w.mv[: w.pos]
+    if flash is not None:
+        from bootstate import write
 
-
-def save_overrides(flash, cfg):
-    from bootstate import write
-
-    from protocol.writer import packb
-
-    write(flash + "/config.over", packb(tunables(cfg), 320))
+        write(flash + "/config.over", data)
+    return hashlib.sha256(data).digest()[:8]

@@ -7,10 +7,10 @@ downlink channels, in the same order and with the same error codes (tests check 
 written with literal wire numbers. It returns a plain tuple (a class would be heap too), and a
 refusal as its code rather than raising it: raising would load protocol.errors next to the
 decoder at the worst moment (a forged command), and a device reports codes, not detail text.
-Imports codec (its reader), compat, sealing and sign."""
+Imports reader, compat, sealing and sign."""
 
-from protocol.codec import Reader
 from protocol.compat import compare_digest
+from protocol.reader import Reader
 from protocol.sealing import TRAILER, TRAILER_LEN, VERSION
 from protocol.sign import TAG_LEN, Signer
 

@@ -1,7 +1,7 @@
 """The msgpack encoder a device keeps resident: Writer (canonical encoding into a caller-owned
-buffer) and packb. Split out of protocol.codec, which re-exports both, so the report path does not
-hold the decoder's code; protocol.errors is imported only when something is refused (a device's
-reports never are). No imports beyond struct.
+buffer). Split out of protocol.codec, which re-exports it and adds packb, so the report path
+does not hold the decoder's code; protocol.errors is imported only when something is refused
+(a device's reports never are). No imports beyond struct.
 """
 
 import struct
@@ -150,9 +150,3 @@ class Writer:
                 self.value(obj[k], depth + 1)
         else:
             refuse("bad_type")
-
-
-def packb(obj: object, limit: int = 4096) -> bytes:
-    w = Writer(bytearray(limit))
-    w.value(obj)
-    return bytes(w.mv[: w.pos])

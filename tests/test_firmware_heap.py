@@ -92,12 +92,12 @@ def test_device_loads_only_the_protocol_it_uses() -> None:
     script = (
         "import sys\n"
         "import protocol.codec\n"  # as startup.py does, and then unloads
-        "del sys.modules['protocol.codec']\n"
+        "del sys.modules['protocol.codec'], sys.modules['protocol.reader']\n"
         "import protocol\n"
-        "del protocol.codec\n"
+        "del protocol.codec, protocol.reader\n"
         "import agent\n"
         "print(sorted(m for m in sys.modules if m.startswith('protocol')))\n"
-        "import cmds, protocol.downlink, protocol.commands\n"  # what a command loads
+        "import inbox, cmds, protocol.downlink, protocol.commands\n"  # what a command loads
         "print(sorted(m for m in sys.modules if m.startswith('protocol')))\n"
     )
     res = run_upy(script, heap="256K", path=[mpy, Path(".frozen")]).check()
@@ -111,3 +111,5 @@ def test_device_loads_only_the_protocol_it_uses() -> None:
     ]  # not protocol.errors: the report path imports it only when something is refused
     for name in ("protocol.envelope", "protocol.messages", "protocol.topics"):
         assert name not in with_cmds
+    # a command reads with protocol.reader alone, and refuses with codes, not exceptions
+    assert "protocol.codec" not in with_cmds and "protocol.errors" not in with_cmds

@@ -31,6 +31,7 @@ PROTOCOL = (
     "envelope",
     "errors",
     "messages",
+    "reader",
     "sealing",
     "sign",
     "topics",
