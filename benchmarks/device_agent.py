@@ -2,7 +2,7 @@
 with one broker outage in the middle (the backlog is buffered on flash and replayed), observed and
 verified on CPython. Prints one JSON line last.
 
-    .venv/bin/python benchmarks/device_agent.py [--reports 2000] [--heap 76K] [--outage 2]
+    .venv/bin/python benchmarks/device_agent.py [--reports 2000] [--heap 64K] [--outage 2]
 
 Baselines measured in the same run: the agent's heap right after boot (idle) next to its high
 water, and the compact-JSON size of the very same reports next to the signed msgpack on the wire.
@@ -29,7 +29,7 @@ from tests.support.broker import Broker
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reports", type=int, default=2000)
-    ap.add_argument("--heap", default=os.environ.get("IDU_TEST_HEAP", "76K"))
+    ap.add_argument("--heap", default=os.environ.get("IDU_TEST_HEAP", "64K"))
     ap.add_argument("--outage", type=float, default=2.0, help="seconds the broker is down")
     ap.add_argument("--speed", type=int, default=100, help="sim speed (reports per second)")
     args = ap.parse_args()

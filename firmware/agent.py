@@ -89,7 +89,6 @@ class Agent:
         # link's stream write sends or copies it before its first await (measured: a stream
         # write under backpressure keeps its own copy), so the uses never overlap.
         self.buf = bytearray(_SLOT)
-        self.will_buf = bytearray(96)
         self.link = Link(cfg["broker"], cfg["device"], cfg["keepalive"], self.on_publish)
         try:
             import os
@@ -184,18 +183,18 @@ class Agent:
             if not death_seq:  # DEATH and BIRTH seqs are reserved together: DEATH = BIRTH - 1
                 death_seq = (self.seq + 1) & 0xFFFFFFFF
                 self.seq = birth_seq = (death_seq + 1) & 0xFFFFFFFF
-            w = Writer(self.will_buf)
-            write_head(w, _DEATH, self.epoch, death_seq, self.now(), self.uptime())
-            w.map_head(1)
-            w.integer(_D_REASON)
-            w.integer(_DEATH_LOST)
-            n = seal(w, self.signer, self.t_death)
             try:
                 await self.board.net_up()  # Wi-Fi on an ESP32; nothing on the sim
+                # The will goes into buf too: link.open copies it into CONNECT before its first
+                # await, so no other use of buf can come in between.
+                w = Writer(self.buf)
+                write_head(w, _DEATH, self.epoch, death_seq, self.now(), self.uptime())
+                w.map_head(1)
+                w.integer(_D_REASON)
+                w.integer(_DEATH_LOST)
+                n = seal(w, self.signer, self.t_death)
                 await link.open(
-                    self.t_death,
-                    memoryview(self.will_buf)[:n],
-                    (self.t_cmd, self.t_cfg, self.t_ota),
+                    self.t_death, memoryview(self.buf)[:n], (self.t_cmd, self.t_cfg, self.t_ota)
                 )
                 attempt = 0
                 cfg = self.cfg

@@ -1,6 +1,8 @@
-"""Command execution and acks, loaded once inbox.py has opened and admitted a downlink message and
+"""Command admission, execution and acks, loaded once inbox.py has opened a downlink message and
 been unloaded (agent.py), and unloaded after the ack, so its code does not sit in the heap
-between commands. set_config unloads tunables when done."""
+between commands. Admission (protocol.commands, the saved guard) and set_config (tunables) each
+unload their helper when done. An expired or replayed command is refused, counted and acked as
+such, never executed."""
 
 from agent import unload
 from micropython import const
@@ -25,8 +27,10 @@ _OP_REBOOT = const(2)
 _OP_ROTATE_KEY = const(5)
 _OP_SET_CONFIG = const(3)
 _R_BAD_ARGS = const(1)
+_R_EXPIRED = const(3)
 _R_FAILED = const(7)
 _R_OK = const(0)
+_R_REPLAY = const(4)
 _R_UNKNOWN_OP = const(2)
 
 # Diagnostics ack data keys (firmware/README.md).
@@ -50,8 +54,21 @@ _DG_REFUSED_MALFORMED = const(16)
 
 
 async def run(a, topic, result, epoch, seq, ts, body):
-    """Ack a downlink message inbox.handle refused (result), or execute and ack one it opened
-    and admitted (cmd or cfg) for agent a."""
+    """Ack a downlink message inbox.handle refused (result), or admit (expiry, replay), execute
+    and ack one it opened, for agent a. OTA is acked as an unknown op: not in this firmware."""
+    if not result:
+        if ts is not None and a.board.unix() is None:
+            a.time_off = ts - a.uptime()  # no RTC: learn the time from verified downlink
+        if topic == a.t_cmd:
+            result = _admit(a, epoch, seq, ts, body)
+        elif topic == a.t_cfg:
+            if ts is None or ts < a.cfg_ts:
+                result = _R_REPLAY
+                a.refused[2] += 1
+        else:
+            result = _R_UNKNOWN_OP
+        if result and result != _R_UNKNOWN_OP:
+            print("idu: refused command:", result)
     if result:
         await ack(a, epoch, seq, result)
         return
@@ -93,6 +110,31 @@ async def ack(a, epoch, seq, result, data=None):
     if data:
         body[_A_DATA] = data
     await a.publish_ctl(a.t_ack, _ACK, body)
+
+
+def _admit(a, epoch, seq, ts, body):
+    """The command guard's verdict (a result code, 0 to run), persisted before running so a
+    command never runs twice, even across a reset."""
+    from protocol.commands import CommandGuard
+
+    path = a.flash + "/guard.bin"
+    try:
+        with open(path, "rb") as f:
+            guard = CommandGuard.loads(f.read())
+    except (OSError, ValueError):
+        guard = CommandGuard()
+    code = guard.admit(epoch, seq, ts, body, a.now())
+    if code:
+        i = 1 if code == "expired" else 2 if code == "replay" else 3
+        a.refused[i] += 1
+        return _R_EXPIRED if i == 1 else _R_REPLAY if i == 2 else _R_BAD_ARGS
+    a.sample_heap()
+    from bootstate import write
+
+    write(path, guard.dumps())
+    del guard, CommandGuard, write
+    unload("commands", "bootstate")
+    return _R_OK
 
 
 def rotate_key(a, args):

@@ -71,7 +71,8 @@ class Link:
 
     async def open(self, will_topic, will_payload, topics):
         """TCP (+TLS) connect, MQTT CONNECT with the will, SUBSCRIBE topics; raises OSError (or
-        the TLS layer's ValueError) on any failure."""
+        the TLS layer's ValueError) on any failure. The will is copied into the CONNECT packet
+        before the first await: the caller may lend a buffer it shares with other tasks."""
         import socket
         from errno import EINPROGRESS
 
@@ -96,13 +97,8 @@ class Link:
 
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             if b["ca"]:
-                import sys
-
-                from tlsca import der
-
-                ctx.load_verify_locations(cadata=der(b["ca"]))
-                del der
-                sys.modules.pop("tlsca", None)  # once per connect: not worth keeping
+                with open(b["ca"], "rb") as f:  # DER: startup.py converted a PEM bundle
+                    ctx.load_verify_locations(cadata=f.read())
                 ctx.verify_mode = ssl.CERT_REQUIRED  # and the name is checked against host
             else:
                 ctx.verify_mode = ssl.CERT_NONE

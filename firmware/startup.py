@@ -10,7 +10,7 @@ uses too, and messages longer than 10 characters (shorter str constants are inte
 import json
 import sys
 
-from bootstate import END_STABLE, END_UNCLEAN, read_state, write_state
+from bootstate import END_STABLE, END_UNCLEAN, read_state, write, write_state
 from tunables import ConfigError, apply, bad, check_tunables, config_hash  # noqa: F401
 
 
@@ -91,6 +91,30 @@ def validate(raw):
     return cfg
 
 
+def ca_der(path, flash):
+    """The path of the broker CA as DER, which this Mbed TLS build takes (`cadata`), while
+    bundles may carry PEM (docs/SECURITY.md): a PEM file is converted here, at boot, into
+    <flash>/ca.der (rewritten only when it changes), so a reconnect reads DER and allocates
+    no more than the certificate. A bad certificate surfaces as a TLS failure at connect."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(b"-----"):
+        return path
+    import binascii
+
+    body = b"".join(ln.strip() for ln in data.split(b"\n") if ln and not ln.startswith(b"-----"))
+    data = binascii.a2b_base64(body)
+    out = flash + "/ca.der"
+    try:
+        with open(out, "rb") as f:
+            if f.read() == data:
+                return out
+    except OSError:
+        pass
+    write(out, data)
+    return out
+
+
 def decide(count, start, end, now, limit, window):
     """(crashes, window start, safe_mode) for this boot, from count crashes since start and how
     the last run ended. An unclean end counts as a crash; more than limit of them within window
@@ -132,6 +156,8 @@ def start(flash):
         sys.modules.pop("protocol." + n, None)
         if hasattr(protocol, n):
             delattr(protocol, n)
+    if cfg["broker"]["tls"] and cfg["broker"]["ca"]:
+        cfg["broker"]["ca"] = ca_der(cfg["broker"]["ca"], flash)
     name = cfg["board"] or ("esp32" if sys.platform == "esp32" else "sim")
     if name not in ("sim", "esp32"):
         raise bad("board", "must be 'esp32' or 'sim'")

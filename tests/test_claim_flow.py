@@ -41,7 +41,7 @@ ADMIN, ADMIN_PW = "admin", dynsec.new_password()
 CTL, CTL_PW = "controller", dynsec.new_password()
 CLAIM_PW = dynsec.new_password()
 # the agent tests' heap (tests/firmware/harness.py, firmware/README.md "Heap")
-UPY_HEAP = os.environ.get("IDU_TEST_HEAP", "76K")
+UPY_HEAP = os.environ.get("IDU_TEST_HEAP", "64K")
 
 
 @dataclass

@@ -112,7 +112,7 @@ def test_claim_setup_create_list_then_a_board_claims(site: Site, tmp_path: Path)
         script = tmp_path / "claim_run.py"
         script.write_text(f"import claim\nprint('RESULT', claim.ensure({str(flash)!r}, 2, 200))\n")
         mpy = device_bytecode(tmp_path / "mpy")
-        res = run_upy(script, heap=os.environ.get("IDU_TEST_HEAP", "76K"), path=[mpy])
+        res = run_upy(script, heap=os.environ.get("IDU_TEST_HEAP", "64K"), path=[mpy])
         assert "RESULT True" in res.stdout, res.stdout + res.stderr
     finally:
         svc.stop()
@@ -265,7 +265,7 @@ def test_claim_serve_answers_boards_and_counts(site: Site, tmp_path: Path) -> No
                 f"    print('RESULT', claim.ensure({str(flash)!r}, 2, 200))\n"
                 "except claim.ClaimFailed as e:\n    print('FAILED', e.args[0])\n"
             )
-            res = run_upy(script, heap=os.environ.get("IDU_TEST_HEAP", "76K"), path=[mpy])
+            res = run_upy(script, heap=os.environ.get("IDU_TEST_HEAP", "64K"), path=[mpy])
             results.append(res.stdout)
             assert i == 0 or "(used)" in res.stdout, res.stdout
         assert "RESULT True" in results[0], results[0]

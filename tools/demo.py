@@ -137,9 +137,8 @@ def prepare_firmware() -> None:
     build()
 
 
-# The 64-bit unix port needs more heap than a 32-bit ESP32 for the same objects: the firmware's
-# own tests run the agent in 76 KiB (tests/firmware/harness.py); so does the demo.
-AGENT_HEAP = os.environ.get("IDU_DEMO_HEAP", "76K")
+# The device heap, as in the firmware's own tests (tests/firmware/harness.py).
+AGENT_HEAP = os.environ.get("IDU_DEMO_HEAP", "64K")
 
 
 def start_agent(flash: Path) -> subprocess.Popen[bytes]:

@@ -96,7 +96,7 @@ def build_cmd(out: Path | None, arch: str | None) -> None:
         raise click.ClickException(str(e)) from e
 
 
-AGENT_HEAP = "76K"  # the tests' heap; see firmware/README.md, "Heap" (64-bit unix port)
+AGENT_HEAP = "64K"  # the tests' heap; see firmware/README.md, "Heap"
 
 
 def micropython() -> str:
