@@ -1,7 +1,8 @@
-"""The device agent: four tasks over one MQTT link (connectivity, reporter, ring drain, downlink)
-plus housekeeping (watchdog, heap high-water, crash-loop clearing). Hardware is reached only
-through the board object startup.py picked. Boot-only and command-only code (startup.py, cmds.py) is
-imported when needed and unloaded after, to keep the resident code inside a 64 KiB heap."""
+"""The device agent: four tasks over one MQTT link (connectivity, reporter, ring drain, downlink
+with housekeeping: watchdog, heap high-water, crash-loop clearing). Hardware is reached only
+through the board module startup.py picked. Boot-only and command-only code (startup.py,
+inbox.py, cmds.py) is imported when needed and unloaded after, to keep the agent inside a 64 KiB
+heap; for the same reason tasks poll a few flags on short sleeps instead of waiting on events."""
 
 import asyncio
 import gc
@@ -9,7 +10,7 @@ import sys
 import time
 
 import backoff
-from link import Flag, Link, sleep_ms
+from link import Link, sleep_ms
 from micropython import const
 from ring import RingFile
 
@@ -48,7 +49,6 @@ CRASHED = const(70)  # a task died: main.py resets the board (exits 1 on the uni
 REBOOT = const(75)  # a reboot command: main.py restarts the agent
 
 _SLOT = const(448)  # ring slot: 2-byte length + one signed REPORT/BATCH payload
-_CMD_QUEUE = const(4)
 _HEALTH = (1, 2, 3, 5, 6)
 
 
@@ -73,36 +73,32 @@ class Agent:
         cfg, self.board, self.epoch, self.safe, self.boot_reason, self.cfg_hash = booted
         self.cfg = cfg
         self.seq = 0
-        self.signer = Signer(cfg["key"])
+        key = cfg.pop("key")  # kept only inside the signer (cmds.rotate_key rewrites the file)
+        self.signer = Signer(key)
         base = "idu/1/" + cfg["site"] + "/" + cfg["device"] + "/"
-        self.t_birth = (base + "birth").encode()
         self.t_death = (base + "death").encode()
         self.t_rep = (base + "rep").encode()
         self.t_evt = (base + "evt").encode()
         self.t_ack = (base + "ack").encode()
-        self.t_cmd = (base + "cmd").encode()
-        self.t_cfg = (base + "cfg").encode()
-        self.t_ota = (base + "ota").encode()
+        self.base = base.encode()  # + channel: birth and the downlink topics, built at connect
         self.ring = RingFile(flash, cfg["buffer"], _SLOT)
         # One buffer for the report being built, the ring head being sent and birth/ack/event:
         # each use fills it and hands it to the link without an await in between, and the
         # link's stream write sends or copies it before its first await (measured: a stream
         # write under backpressure keeps its own copy), so the uses never overlap.
         self.buf = bytearray(_SLOT)
-        self.link = Link(cfg["broker"], cfg["device"], cfg["keepalive"], self.on_publish)
+        self.link = Link(cfg["broker"], cfg["device"], cfg["keepalive"])
         try:
             import os
 
             seed = os.urandom(4)
         except (ImportError, AttributeError):
-            seed = cfg["key"]  # per-device secret: at least every device differs
+            seed = key  # per-device secret: at least every device differs
         self.rng = backoff.Rng(int.from_bytes(seed[:4], "little") ^ self.epoch)
-        self.ready = Flag()  # connected and birth sent
-        self.ring_evt = Flag()
-        self.cmd_evt = Flag()
-        self.stop_evt = Flag()
-        self.cmd_q = []
-        self.cmd_dropped = 0
+        # Tasks poll these few flags on short sleeps rather than wait on events: an event
+        # object, its wait queue and the code around them cost more heap than polling costs time.
+        self.ready = False  # connected and birth sent
+        self.stop = False  # main() winds down: a crash, or a reboot command acked
         self.reconnects = 0
         self.refused = [0, 0, 0, 0]  # bad tag, expired, replay, malformed
         self.reports = 0
@@ -194,7 +190,9 @@ class Agent:
                 w.integer(_DEATH_LOST)
                 n = seal(w, self.signer, self.t_death)
                 await link.open(
-                    self.t_death, memoryview(self.buf)[:n], (self.t_cmd, self.t_cfg, self.t_ota)
+                    self.t_death,
+                    memoryview(self.buf)[:n],
+                    (self.base + b"cmd", self.base + b"cfg", self.base + b"ota"),
                 )
                 attempt = 0
                 cfg = self.cfg
@@ -214,8 +212,10 @@ class Agent:
                     },
                     1,
                 )
-                n = seal(w, self.signer, self.t_birth)
-                await link.publish(self.t_birth, self.buf, n, 1, link.next_pid())
+                t = self.base + b"birth"
+                n = seal(w, self.signer, t)
+                await link.publish(t, self.buf, n, 1, link.next_pid())
+                del t
                 if self.safe:
                     asyncio.create_task(
                         self.publish_ctl(
@@ -238,15 +238,14 @@ class Agent:
                         )
                     )
                 self.death_seq = death_seq
-                self.ready.set()
-                self.ring_evt.set()
+                self.ready = True
                 print("idu:", "connected", link.conn_id)
                 await link.run()
             except Exception as e:  # any link failure means reconnect
                 print("idu:", "link down:", repr(e))
             if link.connect_sent:
                 death_seq = 0  # the broker may hold (and publish) this will: never reuse it
-            self.ready.on = False
+            self.ready = False
             link.close()
             if self.result != STOPPED:
                 return
@@ -263,10 +262,8 @@ class Agent:
         gap = 1000 // max(1, self.cfg["replay_rate"])
         mv = memoryview(self.buf)
         while True:
-            await self.ready.wait()
-            if not ring.state.count:
-                self.ring_evt.on = False
-                await self.ring_evt.wait()
+            if not (self.ready and ring.state.count):
+                await sleep_ms(20)
                 continue
             n = ring.read_head(self.buf)
             if n <= 0:
@@ -362,25 +359,31 @@ class Agent:
                 if a > self.heap_peak:
                     self.heap_peak = a
                 self.reports += 1
-                self.ring_evt.set()
-
-    def on_publish(self, topic, payload):
-        """From the link's reader: copy and queue, bounded (drops counted)."""
-        if len(self.cmd_q) >= _CMD_QUEUE:
-            self.cmd_dropped += 1
-            return
-        self.cmd_q.append((bytes(topic), bytes(payload)))
-        self.cmd_evt.set()
 
     async def downlink(self):
+        """Commands as they arrive (within 200 ms), and housekeeping in the same loop: feed the
+        watchdog, track the live-heap high water, and clear the crash-loop counter once this
+        run has been up crash.stable seconds."""
+        stable_ms = self.cfg["crash"]["stable"] * 1000
+        marked = False
+        t0 = time.ticks_ms()
+        rx = self.link.rx  # downlink messages, queued by the link's reader
         while True:
-            if not self.cmd_q:
-                self.cmd_evt.on = False
-                await self.cmd_evt.wait()
+            self.board.wdt_feed()
+            self.sample_heap()
+            if not marked and time.ticks_diff(time.ticks_ms(), t0) >= stable_ms:
+                import bootstate
+
+                bootstate.mark(self.flash, bootstate.END_STABLE)
+                del bootstate
+                unload("bootstate")
+                marked = True
+            if not rx:
+                await sleep_ms(200)
                 continue
             gc.collect()  # the command's code and data go into holes left by report garbage
-            while self.cmd_q:
-                topic, payload = self.cmd_q.pop(0)
+            while rx:
+                topic, payload = rx.pop(0)
                 import inbox  # open and admit; unloaded before cmds loads to execute and ack
 
                 try:
@@ -408,7 +411,7 @@ class Agent:
                 "errors",
             )
             if self.result != STOPPED:
-                self.stop_evt.set()
+                self.stop = True  # a reboot command, now acked
 
     def sample_heap(self):
         """Track the heap: allocated before a collection (garbage included) and live after it,
@@ -421,30 +424,12 @@ class Agent:
         if a > self.heap_hw:
             self.heap_hw = a
 
-    async def housekeeping(self):
-        """Feed the watchdog from the main loop, track the live-heap high water, and clear the
-        crash-loop counter once this run has been up crash.stable seconds."""
-        stable_ms = self.cfg["crash"]["stable"] * 1000
-        marked = False
-        t0 = time.ticks_ms()
-        while True:
-            self.board.wdt_feed()
-            self.sample_heap()
-            if not marked and time.ticks_diff(time.ticks_ms(), t0) >= stable_ms:
-                import bootstate
-
-                bootstate.mark(self.flash, bootstate.END_STABLE)
-                del bootstate
-                unload("bootstate")
-                marked = True
-            await sleep_ms(200)
-
     # ------------------------------------------------------------------------------- lifecycle
     def crashed(self, loop, context):
         exc = context.get("exception")
         print("idu:", "task", "crashed:", repr(exc))
         self.result = CRASHED
-        self.stop_evt.set()
+        self.stop = True
 
     async def main(self):
         asyncio.get_event_loop().set_exception_handler(self.crashed)
@@ -457,13 +442,13 @@ class Agent:
             "buffered",
             self.ring.state.count,
         )
-        tasks = [
-            asyncio.create_task(c)
-            for c in (self.connectivity(), self.drain(), self.downlink(), self.housekeeping())
-        ]
+        tasks = []
+        for c in (self.connectivity(), self.drain(), self.downlink()):
+            tasks.append(asyncio.create_task(c))
         if not self.safe:
             tasks.append(asyncio.create_task(self.reporter()))
-        await self.stop_evt.wait()
+        while not self.stop:
+            await sleep_ms(100)
         if self.result == REBOOT and self.link.up:
             try:  # goodbye with the reserved DEATH seq, acked within 2 s, then DISCONNECT
                 pid = await self.publish_ctl(

@@ -59,9 +59,9 @@ async def run(a, topic, result, epoch, seq, ts, body):
     if not result:
         if ts is not None and a.board.unix() is None:
             a.time_off = ts - a.uptime()  # no RTC: learn the time from verified downlink
-        if topic == a.t_cmd:
+        if topic.endswith(b"/cmd"):  # the agent subscribes to its own cmd, cfg and ota only
             result = _admit(a, epoch, seq, ts, body)
-        elif topic == a.t_cfg:
+        elif topic.endswith(b"/cfg"):
             if ts is None or ts < a.cfg_ts:
                 result = _R_REPLAY
                 a.refused[2] += 1
@@ -72,7 +72,7 @@ async def run(a, topic, result, epoch, seq, ts, body):
     if result:
         await ack(a, epoch, seq, result)
         return
-    if topic == a.t_cmd:
+    if topic.endswith(b"/cmd"):
         op = body.get(_C_OP)
         args = body.get(_C_ARGS) or {}
     else:
@@ -199,6 +199,6 @@ def diagnostics(a):
         _DG_REPORTS: a.reports,
         _DG_EPOCH: a.epoch,
         _DG_HEAP_PEAK: a.heap_peak,
-        _DG_CMD_DROPPED: a.cmd_dropped,
+        _DG_CMD_DROPPED: a.link.rx_dropped,
         _DG_REFUSED_MALFORMED: r[3],
     }

@@ -17,7 +17,7 @@ def handle(a, topic, payload):
     even be named in an ack."""
     from protocol.downlink import open_downlink  # local: unload() below can then free it
 
-    channel = "cmd" if topic == a.t_cmd else "cfg" if topic == a.t_cfg else "ota"
+    channel = bytes(topic[-3:]).decode()  # cmd, cfg or ota: the agent subscribes to no other
     try:
         m = open_downlink(payload, topic, channel, a.signer)
     except ValueError as e:  # ProtocolError from the decoder: not msgpack the protocol allows

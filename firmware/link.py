@@ -2,13 +2,14 @@
 (TLS through `ssl` when configured), driven by the sans-I/O codec. It raises OSError on any
 failure and never retries: the connectivity loop in agent.py owns reconnect and backoff, so
 application tasks never see socket errors. Incoming PUBLISH packets go to
-`on_publish(topic_mv, payload_mv)`.
+the bounded queue `rx` as (topic, payload) copies (the agent polls it); a full queue drops and
+counts in `rx_dropped`.
 
-The socket is driven directly rather than through asyncio.open_connection/Stream and wait_for:
-those modules cost ~2.6 KiB of a 64 KiB heap and a task per read. One reader task parks on the
-event loop's poller (as Stream.readinto does) and is cancelled when the link closes; writes are
-tried at once and retried every few ms when the socket is full (rare: a packet fits the socket's
-buffer); run() watches keepalive and a silent broker."""
+The socket is driven directly rather than through asyncio.open_connection/Stream, wait_for and
+Event: those modules cost ~3.8 KiB of a 64 KiB heap and a task per read. One reader task parks
+on the event loop's poller (as Stream.readinto does) and is cancelled when the link closes;
+writes are tried at once and retried every few ms when the socket is full (rare: a packet fits
+the socket's buffer); run() watches keepalive and a silent broker."""
 
 import asyncio
 import time
@@ -17,39 +18,19 @@ import mqtt_codec as mq
 from micropython import const
 
 _CONNACK_TIMEOUT_MS = const(10000)
+_RX_QUEUE = const(4)  # downlink messages waiting for the agent; more are dropped and counted
 # MicroPython's asyncio extras (not in the CPython-shaped stubs), named once here.
 sleep_ms = asyncio.sleep_ms  # type: ignore[attr-defined]
 core = asyncio.core  # type: ignore[attr-defined]
 
 
-class Flag:
-    """asyncio.Event's set and wait (clear: `flag.on = False`), without loading asyncio.event:
-    a task waiting here sits in a TaskQueue the way it does in an Event."""
-
-    def __init__(self):
-        self.on = False
-        self.q = core.TaskQueue()
-
-    def set(self):
-        q = self.q
-        while q.peek():
-            core._task_queue.push(q.pop())
-        self.on = True
-
-    async def wait(self):
-        if not self.on:
-            t = core.cur_task
-            self.q.push(t)
-            t.data = self.q  # so cancelling the waiter takes it off this queue
-            yield
-
-
 class Link:
-    def __init__(self, broker, client_id, keepalive, on_publish):
+    def __init__(self, broker, client_id, keepalive):
         self.broker = broker  # host, port, tls, ca, username, password (startup.validate)
         self.client_id = client_id.encode()
         self.keepalive = keepalive
-        self.on_publish = on_publish
+        self.rx = []  # incoming PUBLISH (topic, payload), at most _RX_QUEUE
+        self.rx_dropped = 0
         self.tx = bytearray(320)  # CONNECT (with the will), SUBSCRIBE, PUBLISH headers
         self.parser = mq.Parser(704)  # a 512-byte command + topic; bigger packets are skipped
         self.sock = None
@@ -61,7 +42,7 @@ class Link:
         self.connect_sent = False
         self.pid = 0
         self.unacked = {}  # pid -> True until PUBACK
-        self.ack_evt = Flag()
+        self.acks = core.TaskQueue()  # tasks in wait_ack, woken by a PUBACK or the link closing
         self.last_tx = self.last_rx = time.ticks_ms()
 
     def next_pid(self):
@@ -185,10 +166,13 @@ class Link:
                 t = first & 0xF0
                 if t == mq.PUBACK:
                     if self.unacked.pop(mq.u16(p.buf, start), None):
-                        self.close(False)  # wakes wait_ack
+                        self._wake()
                 elif t == mq.PUBLISH:
                     ts, tl, pid, ps, pl = mq.parse_publish(first, p.buf, start, length)
-                    self.on_publish(p.mv[ts : ts + tl], p.mv[ps : ps + pl])
+                    if len(self.rx) < _RX_QUEUE:
+                        self.rx.append((bytes(p.mv[ts : ts + tl]), bytes(p.mv[ps : ps + pl])))
+                    else:
+                        self.rx_dropped += 1
                     if pid:
                         b = bytearray(4)
                         await self._send(b, mq.puback(b, pid))
@@ -239,17 +223,23 @@ class Link:
         while pid in self.unacked:
             if not self.up:
                 return False
-            await self.ack_evt.wait()
+            await self._park()
         return True
 
-    def close(self, down=True):
-        """Close the connection (down), and wake every wait_ack: a new Flag, so a waiter that
-        finds its pid still unacked waits on the next one."""
-        ev = self.ack_evt
-        self.ack_evt = Flag()
-        ev.set()
-        if not down:
-            return
+    async def _park(self):
+        """Sleep in `acks` until _wake(), as a task waits in an asyncio.Event (which would cost
+        a module and an object per wake; the replay rate needs a wake, not a poll)."""
+        t = core.cur_task
+        self.acks.push(t)
+        t.data = self.acks  # so cancelling the task takes it off this queue
+        yield
+
+    def _wake(self):
+        q = self.acks
+        while q.peek():
+            core._task_queue.push(q.pop())
+
+    def close(self):
         self.up = False
         t = self.task
         self.task = None
@@ -262,3 +252,4 @@ class Link:
                 s.close()
             except OSError:
                 pass
+        self._wake()

@@ -20,9 +20,10 @@ DISCONNECT = b"\xe0\x00"
 _MAX_REMAINING = const(268435455)
 
 
-class MqttError(Exception):
-    """A packet that breaks MQTT 3.1.1 framing: drop the connection and reconnect. Messages
-    are kept under 10 characters: longer string constants are heap objects on a device."""
+# A packet that breaks MQTT 3.1.1 framing raises MqttError: drop the connection and reconnect.
+# It is ValueError itself (a class of its own would be heap on a device), with messages under
+# 10 characters (longer string constants are heap objects there too).
+MqttError = ValueError
 
 
 def _varlen(buf, pos, n):

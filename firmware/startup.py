@@ -164,6 +164,8 @@ def start(flash):
     # only the chosen board is loaded ("board_esp32" is longer than 10 chars: not interned)
     board = __import__("board_esp32" if name == "esp32" else "board_sim")
     board.start(cfg, flash)
+    for k in ("sim", "wifi", "zone", "board"):  # the board keeps what it needs: heap back
+        cfg.pop(k, None)
     st = read_state(flash) or (0, 0, 0, END_STABLE)
     c = cfg["crash"]
     count, since, safe = decide(st[1], st[2], st[3], board.unix() or 0, c["max"], c["window"])

@@ -52,22 +52,19 @@ def utf8_ok(b: bytes) -> bool:
 class Reader:
     """A cursor over one packet. `end` bounds every read, so a declared length can never run past
     the bytes that are really there. Strings, arrays and maps are decoded inside value(), not in
-    a method each: on a device every function costs heap while a downlink message is read."""
+    a method each, and refusals carry their code only: on a device every function and every
+    string constant of 10+ characters costs heap while a downlink message is read."""
 
     def __init__(self, data: bytes, pos: int = 0, end: int = -1) -> None:
         self.data = data
         self.pos = pos
         self.end = len(data) if end < 0 else end
 
-    def need(self, n: int) -> int:
+    def uint(self, n: int) -> int:
         p = self.pos
         if p + n > self.end:
             refuse("truncated")
         self.pos = p + n
-        return p
-
-    def uint(self, n: int) -> int:
-        p = self.need(n)
         d = self.data
         v = 0
         for i in range(p, p + n):
@@ -76,14 +73,17 @@ class Reader:
 
     def raw(self, n: int, limit: int) -> bytes:
         if n > limit:
-            refuse("too_big", "item of %d bytes" % n)
-        p = self.need(n)
+            refuse("too_big")
+        p = self.pos
+        if p + n > self.end:
+            refuse("truncated")
+        self.pos = p + n
         return bytes(self.data[p : p + n])
 
     def value(self, depth: int = 0) -> object:
         if depth >= MAX_DEPTH:
             refuse("too_deep")
-        b = self.data[self.need(1)]
+        b = self.uint(1)
         if b < 0x80:
             return b
         if b >= 0xE0:
@@ -125,7 +125,7 @@ class Reader:
             kind = 0x80
             n = self.uint(2 if b == 0xDE else 4)
         else:
-            refuse("bad_type", "msgpack type 0x%02x is not used" % b)
+            refuse("bad_type")  # a msgpack type the protocol does not use
         if kind == 0xA0:
             raw = self.raw(n, MAX_STR)
             if utf8_ok(raw):  # MicroPython's decode() does not reject what utf8_ok does
@@ -133,9 +133,9 @@ class Reader:
                     return raw.decode()
                 except UnicodeError:
                     pass
-            refuse("bad_type", "string is not UTF-8")
+            refuse("bad_type")  # not UTF-8
         if n > MAX_ITEMS:
-            refuse("too_big", ("array of %d items" if kind == 0x90 else "map of %d entries") % n)
+            refuse("too_big")
         if (n if kind == 0x90 else 2 * n) > self.end - self.pos:
             refuse("truncated")
         if kind == 0x90:
@@ -144,8 +144,8 @@ class Reader:
         for _ in range(n):
             k = self.value(depth + 1)
             if not isinstance(k, int) or isinstance(k, bool):
-                refuse("bad_type", "map keys are integers")
+                refuse("bad_type")  # map keys are integers
             if k in out:
-                refuse("bad_field", "key %d repeated" % k)
+                refuse("bad_field")  # a repeated key
             out[k] = self.value(depth + 1)
         return out
