@@ -2,7 +2,10 @@
 with one broker outage in the middle (the backlog is buffered on flash and replayed), observed and
 verified on CPython. Prints one JSON line last.
 
-    .venv/bin/python benchmarks/device_agent.py [--reports 2000] [--heap 64K] [--outage 2]
+    .venv/bin/python benchmarks/device_agent.py [--reports 2000] [--heap 64K] [--outage 2] [--tls]
+
+With --tls the agent connects to the broker's TLS listener (a fresh project CA, the PEM bundle
+converted on the device), as a deployed device does; the observer stays on plain MQTT.
 
 Baselines measured in the same run: the agent's heap right after boot (idle) next to its high
 water, and the compact-JSON size of the very same reports next to the signed msgpack on the wire.
@@ -20,10 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from controller.security import ca
 from protocol import messages as M
 from protocol.replay import ReplayWindow
 from tests.firmware.harness import Agent, Observer, check_stream, make_flash
-from tests.support.broker import Broker
+from tests.support.broker import Broker, free_port
 
 
 def main() -> None:
@@ -32,15 +36,41 @@ def main() -> None:
     ap.add_argument("--heap", default=os.environ.get("IDU_TEST_HEAP", "64K"))
     ap.add_argument("--outage", type=float, default=2.0, help="seconds the broker is down")
     ap.add_argument("--speed", type=int, default=100, help="sim speed (reports per second)")
+    ap.add_argument("--tls", action="store_true", help="the agent connects over TLS")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        broker = Broker(root / "broker", extra=["user root"] if os.geteuid() == 0 else [])
+        extra = ["user root"] if os.geteuid() == 0 else []
+        link: dict[str, object] = {}
+        if args.tls:
+            cadir = root / "ca"
+            ca.init_ca(cadir)
+            ca.issue_server(cadir, ["localhost", "127.0.0.1"])
+            tls_port = free_port()
+            extra += [
+                f"listener {tls_port} 127.0.0.1",
+                f"cafile {cadir / 'ca.crt'}",
+                f"certfile {cadir / 'server.crt'}",
+                f"keyfile {cadir / 'server.key'}",
+            ]
+            link = {
+                "broker": {
+                    "host": "127.0.0.1",
+                    "port": tls_port,
+                    "tls": True,
+                    "ca": str(cadir / "ca.crt"),
+                    "username": None,
+                    "password": None,
+                }
+            }
+        broker = Broker(root / "broker", extra=extra)
         broker.start()
         obs = Observer(broker.port, persistent=True).start()
         dev = "ap-bench"
-        flash = make_flash(root, dev, broker.port, sim={"speed": args.speed, "seed": 5}, buffer=512)
+        flash = make_flash(
+            root, dev, broker.port, sim={"speed": args.speed, "seed": 5}, buffer=512, **link
+        )
         agent = Agent(flash, heap=args.heap).start()
         t0 = time.monotonic()
         try:
@@ -123,6 +153,7 @@ def main() -> None:
                 "payload_bytes_per_report": round(payload, 1),
                 "json_metrics_bytes_per_report_baseline": round(as_json, 1),
                 "outage_s": args.outage,
+                "tls": args.tls,
                 "buffered_at_reconnect": buffered,
                 "reconnects": diag[6],
                 "elapsed_s": round(elapsed, 2),

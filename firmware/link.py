@@ -34,6 +34,7 @@ class Link:
         self.tx = bytearray(320)  # CONNECT (with the will), SUBSCRIBE, PUBLISH headers
         self.parser = mq.Parser(704)  # a 512-byte command + topic; bigger packets are skipped
         self.sock = None
+        self.ctx = None  # the TLS context, kept across connections
         self.task = None  # the reader
         self.err = None  # why the reader stopped
         self.busy = False  # a packet is half written: others queue behind it
@@ -74,15 +75,20 @@ class Link:
             if e.errno != EINPROGRESS:
                 raise
         if b["tls"]:
-            import ssl
+            ctx = self.ctx
+            if ctx is None:
+                # One context for every connection, made at the first: it is a single object of
+                # about 3 KiB, which a heap fragmented by hours of reports may no longer fit.
+                import ssl
 
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            if b["ca"]:
-                with open(b["ca"], "rb") as f:  # DER: startup.py converted a PEM bundle
-                    ctx.load_verify_locations(cadata=f.read())
-                ctx.verify_mode = ssl.CERT_REQUIRED  # and the name is checked against host
-            else:
-                ctx.verify_mode = ssl.CERT_NONE
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                if b["ca"]:
+                    with open(b["ca"], "rb") as f:  # DER: startup.py converted a PEM bundle
+                        ctx.load_verify_locations(cadata=f.read())
+                    ctx.verify_mode = ssl.CERT_REQUIRED  # and the name is checked against host
+                else:
+                    ctx.verify_mode = ssl.CERT_NONE
+                self.ctx = ctx
             s = self.sock = ctx.wrap_socket(
                 s, server_hostname=b["host"], do_handshake_on_connect=False
             )

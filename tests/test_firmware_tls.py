@@ -1,6 +1,6 @@
 """The agent over TLS: the broker's certificate is verified against the project CA (PEM in the
-bundle, converted to DER on the device), reports arrive and verify; an agent trusting another
-CA never gets through."""
+bundle, converted to DER on the device), reports arrive and verify, also after the broker
+restarts; an agent trusting another CA never gets through."""
 
 from __future__ import annotations
 
@@ -56,6 +56,15 @@ def test_agent_over_tls(broker_factory: Callable[..., Broker], tmp_path: Path) -
         obs.wait(lambda: len(obs.reports("ap-tls")) >= 5, 30, "reports over TLS")
         time.sleep(1.0)
         assert not obs.items("ap-rogue")
+        assert not obs.bad
+        # a broker restart: the agent reconnects over TLS (in its 64 KiB heap, after running
+        # a while) and the reports made meanwhile arrive
+        broker.stop()
+        time.sleep(1.0)
+        broker.start()
+        obs.wait(lambda: len(obs.items("ap-tls", "birth")) >= 2, 30, "birth after a restart")
+        n = len(obs.reports("ap-tls"))
+        obs.wait(lambda: len(obs.reports("ap-tls")) >= n + 5, 30, "reports after a restart")
         assert not obs.bad
     finally:
         good.kill()

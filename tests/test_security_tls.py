@@ -243,8 +243,9 @@ def test_micropython_asyncio_tls_with_cafile(
     der: bool,
     expect: str,
 ) -> None:
-    """What firmware/link.py does: asyncio.open_connection(host, port, ssl=ctx), the CA loaded
-    with cafile=; open_connection checks the certificate against `host`."""
+    """MicroPython's TLS through asyncio.open_connection(host, port, ssl=ctx), the CA loaded
+    with cafile=: the certificate is checked against `host` (firmware/link.py takes the same
+    steps on its own socket; tests/test_firmware_tls.py runs the agent over TLS)."""
     cafile = tmp_path / ("ca.der" if der else "ca.pem")
     cafile.write_bytes(ca.ca_der(cadir) if der else (cadir / "ca.crt").read_bytes())
     r = upy(UPY_ASYNC_TLS, host, str(tls_port(tls_broker)), str(cafile), timeout=60)
