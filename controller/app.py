@@ -154,6 +154,12 @@ class Controller:
         if self.first_received is None:
             self.first_received = now
         self.metrics.received.inc()
+        if not payload and topic.endswith("/" + topics.DEATH):
+            # A device clearing its retained DEATH after its birth (docs/PROTOCOL.md, "Transport"):
+            # not a message, so neither ingested nor refused.
+            self.metrics.death_cleared.inc()
+            self.acks.append(handle)
+            return
         self._ingest(topic, payload, handle, now)
 
     def _ingest(self, topic: str, payload: bytes, handle: AckHandle, now: float) -> None:

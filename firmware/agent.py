@@ -149,7 +149,7 @@ class Agent:
             t = self.time_off + self.uptime()
         return t
 
-    async def publish_ctl(self, topic, mtype, body, seq=0, wait=True):
+    async def publish_ctl(self, topic, mtype, body, seq=0, wait=True, retain=False):
         """Birth, event, ack, death: signed into buf and sent QoS 1, not buffered (state, not
         data). True once acked (the pid when not wait); False when the link is or goes down."""
         if not seq:
@@ -161,7 +161,7 @@ class Agent:
         link = self.link
         pid = link.next_pid()
         try:
-            await link.publish(topic, self.buf, n, 1, pid)
+            await link.publish(topic, self.buf, n, 1, pid, False, retain)
         except OSError:
             return False
         return await link.wait_ack(pid) if wait else pid
@@ -216,6 +216,9 @@ class Agent:
                 n = seal(w, self.signer, t)
                 await link.publish(t, self.buf, n, 1, link.next_pid())
                 del t
+                # Back: clear the retained DEATH (a zero-length retained message deletes it), so
+                # the retained status on `death` exists only while the device is gone.
+                await link.publish(self.t_death, b"", 0, 0, 0, False, True)
                 if self.safe:
                     asyncio.create_task(
                         self.publish_ctl(
@@ -452,7 +455,7 @@ class Agent:
         if self.result == REBOOT and self.link.up:
             try:  # goodbye with the reserved DEATH seq, acked within 2 s, then DISCONNECT
                 pid = await self.publish_ctl(
-                    self.t_death, _DEATH, {_D_REASON: _DEATH_REBOOT}, self.death_seq, False
+                    self.t_death, _DEATH, {_D_REASON: _DEATH_REBOOT}, self.death_seq, False, True
                 )
                 t0 = time.ticks_ms()
                 while pid in self.link.unacked and time.ticks_diff(time.ticks_ms(), t0) < 2000:

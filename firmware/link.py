@@ -105,7 +105,7 @@ class Link:
             pw.encode() if pw is not None else None,
             (will_topic, will_payload),
             1,
-            False,
+            True,  # retained: the device's status for anyone who subscribes while it is gone
         )
         await self._send(self.tx, n)  # waits out the TCP (and TLS) handshake
         self.connect_sent = True  # from here the broker may have registered the will
@@ -214,14 +214,14 @@ class Link:
         self.close()
         raise e
 
-    async def publish(self, topic, payload, plen, qos=1, pid=0, dup=False):
+    async def publish(self, topic, payload, plen, qos=1, pid=0, dup=False, retain=False):
         """Send one PUBLISH; with qos 1 the pid is tracked until its PUBACK (see wait_ack)."""
         if not self.up:
             raise OSError("link down")
         if qos:
             self.unacked[pid] = True
         await self._send(
-            self.tx, mq.publish_head(self.tx, topic, plen, qos, pid, dup), payload, plen
+            self.tx, mq.publish_head(self.tx, topic, plen, qos, pid, dup, retain), payload, plen
         )
 
     async def wait_ack(self, pid):

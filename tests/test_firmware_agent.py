@@ -10,9 +10,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from protocol import messages as M
+from protocol.envelope import decode
 from protocol.replay import ReplayWindow
 from tests.firmware.harness import Agent, Observer, key_for, make_flash
 from tests.support.broker import Broker
@@ -151,6 +154,28 @@ def test_sigkill_publishes_death(
     death = obs.wait(lambda: obs.items("ap-4", "death"), 15, "death will")[0].msg
     assert death.body[M.D_REASON] == M.DEATH_LOST  # type: ignore[index]
     assert (death.epoch, death.seq) == (birth.epoch, birth.seq - 1)
+    # the will is retained: whoever subscribes while the device is gone learns it is dead ...
+    retained = _retained(broker.port, "idu/1/porto/ap-4/death")
+    assert len(retained) == 1 and decode(retained[0], "idu/1/porto/ap-4/death").seq == death.seq
+    # ... and the device, back, clears it after its birth
+    a.start()
+    obs.wait(lambda: len(obs.items("ap-4", "birth")) >= 2, 20, "birth after restart")
+    time.sleep(0.3)
+    assert _retained(broker.port, "idu/1/porto/ap-4/death") == []
+
+
+def _retained(port: int, topic: str) -> list[bytes]:
+    """Payloads a fresh subscriber to topic receives as retained within a second."""
+    got: list[bytes] = []
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"retained-{time.monotonic_ns()}")
+    c.on_message = lambda _c, _u, m: got.append(bytes(m.payload)) if m.retain else None
+    c.connect("127.0.0.1", port)
+    c.subscribe(topic, qos=1)
+    c.loop_start()
+    time.sleep(1.0)
+    c.loop_stop()
+    c.disconnect()
+    return got
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,11 @@ class Metrics:
             "Messages already in the store (redelivery, a second controller)",
             registry=r,
         )
+        self.death_cleared = Counter(
+            "idufleet_death_cleared",
+            "Zero-length retained messages on death: devices back, clearing their retained DEATH",
+            registry=r,
+        )
         self.rejected = Counter(
             "idufleet_messages_rejected", "Messages refused, by reason", ["reason"], registry=r
         )

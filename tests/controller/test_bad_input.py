@@ -76,6 +76,8 @@ def test_each_bad_input_counted_nothing_stored(
         ]
         pub = publisher(broker.port, "attacker")
         pub.publish(REP, good, qos=1).wait_for_publish(5)
+        # a device clearing its retained DEATH: counted apart, not refused
+        pub.publish("idu/1/porto/dev-a/death", b"", qos=1, retain=True).wait_for_publish(5)
         for _reason, topic, payload in cases:
             pub.publish(topic, payload, qos=1).wait_for_publish(5)
         # the service is still up: a good device keeps being stored
@@ -87,6 +89,7 @@ def test_each_bad_input_counted_nothing_stored(
             lambda c: (
                 all(c.metrics.rejected_count(r) >= n for r, n in expected.items())
                 and c.metrics.stored._value.get() >= 3
+                and c.metrics.death_cleared._value.get() == 1
             ),
             what="all rejections counted",
         )

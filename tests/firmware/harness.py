@@ -160,6 +160,8 @@ class Observer:
         parts = m.topic.split("/")
         if len(parts) != 5 or parts[4] in ("cmd", "cfg", "ota"):
             return
+        if not m.payload and parts[4] == "death":
+            return  # a device back, clearing its retained DEATH: not a message
         try:
             msg = decode(m.payload, m.topic, Signer(key_for(parts[3])))
         except ProtocolError as e:
