@@ -312,6 +312,8 @@ def test_agent_boot_path_claims_then_reports(rig: Rig) -> None:
         finally:
             s.close()
         for t, p in got:
+            if not p and t.endswith("/death"):
+                continue  # the device clearing its retained DEATH after its birth
             decode(p, t, Signer(key))  # every message verifies with the registry's key
         assert "claim" not in _config(flash)
     finally:
