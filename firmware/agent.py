@@ -82,10 +82,10 @@ class Agent:
         self.t_ack = (base + "ack").encode()
         self.base = base.encode()  # + channel: birth and the downlink topics, built at connect
         self.ring = RingFile(flash, cfg["buffer"], _SLOT)
-        # One buffer for the report being built, the ring head being sent and birth/ack/event:
-        # each use fills it and hands it to the link without an await in between, and the
-        # link's stream write sends or copies it before its first await (measured: a stream
-        # write under backpressure keeps its own copy), so the uses never overlap.
+        # One buffer for the report being built, the ring head being sent, the will and
+        # birth/ack/event/death: each use fills it and hands it to the link without an await in
+        # between, and the link writes it or copies what it could not write before its first
+        # await (link._send, link.open), so the uses never overlap.
         self.buf = bytearray(_SLOT)
         self.link = Link(cfg["broker"], cfg["device"], cfg["keepalive"])
         try:
@@ -102,7 +102,6 @@ class Agent:
         self.reconnects = 0
         self.refused = [0, 0, 0, 0]  # bad tag, expired, replay, malformed
         self.reports = 0
-        self.sent = 0
         self.dropped_event = self.ring.state.dropped
         self.time_off = None  # unix - uptime learned from verified downlink ts (no RTC)
         self.heap_size = gc.mem_free() + gc.mem_alloc()
@@ -287,7 +286,6 @@ class Agent:
             if await link.wait_ack(pid):
                 ring.pop()
                 self.inflight_pid = 0
-                self.sent += 1
                 if ring.state.count:
                     await sleep_ms(gap)  # backlog replay at a bounded rate
 
