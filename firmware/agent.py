@@ -1,8 +1,9 @@
 """The device agent: four tasks over one MQTT link (connectivity, reporter, ring drain, downlink
-with housekeeping: watchdog, heap high-water, crash-loop clearing). Hardware is reached only
-through the board module startup.py picked. Boot-only and command-only code (startup.py,
-inbox.py, cmds.py) is imported when needed and unloaded after, to keep the agent inside a 64 KiB
-heap; for the same reason tasks poll a few flags on short sleeps instead of waiting on events."""
+with housekeeping: heap high-water, crash-loop clearing), and main() feeding the watchdog.
+Hardware is reached only through the board module startup.py picked. Boot-only and command-only
+code (startup.py, inbox.py, cmds.py) is imported when needed and unloaded after, to keep the
+agent inside a 64 KiB heap; for the same reason tasks poll a few flags on short sleeps instead of
+waiting on events."""
 
 import asyncio
 import gc
@@ -362,15 +363,15 @@ class Agent:
                 self.reports += 1
 
     async def downlink(self):
-        """Commands as they arrive (within 200 ms), and housekeeping in the same loop: feed the
-        watchdog, track the live-heap high water, and clear the crash-loop counter once this
-        run has been up crash.stable seconds."""
+        """Commands as they arrive (within 200 ms), and housekeeping in the same loop: track the
+        live-heap high water, and clear the crash-loop counter once this run has been up
+        crash.stable seconds. (main() feeds the watchdog: a command waiting on its ack must not
+        starve it.)"""
         stable_ms = self.cfg["crash"]["stable"] * 1000
         marked = False
         t0 = time.ticks_ms()
         rx = self.link.rx  # downlink messages, queued by the link's reader
         while True:
-            self.board.wdt_feed()
             self.sample_heap()
             if not marked and time.ticks_diff(time.ticks_ms(), t0) >= stable_ms:
                 import bootstate
@@ -448,7 +449,8 @@ class Agent:
             tasks.append(asyncio.create_task(c))
         if not self.safe:
             tasks.append(asyncio.create_task(self.reporter()))
-        while not self.stop:
+        while not self.stop:  # the main loop: feeds the watchdog, which a stuck task cannot
+            self.board.wdt_feed()
             await sleep_ms(100)
         if self.result == REBOOT and self.link.up:
             try:  # goodbye with the reserved DEATH seq, acked within 2 s, then DISCONNECT

@@ -12,7 +12,7 @@ import machine
 import network
 from micropython import const
 
-_WDT_MS = const(30000)  # the main loop feeds every 200 ms; 30 s covers a slow TLS handshake
+_WDT_MS = const(30000)  # the main loop feeds every 100 ms; 30 s covers a slow TLS handshake
 _WIFI_TIMEOUT_MS = const(15000)
 _SHT3X = const(0x44)  # I2C addresses
 _BH1750 = const(0x23)
