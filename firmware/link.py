@@ -17,7 +17,7 @@ import time
 import mqtt_codec as mq
 from micropython import const
 
-_CONNACK_TIMEOUT_MS = const(10000)
+_TIMEOUT_MS = const(10000)  # no CONNACK, or a write (the TLS handshake too) that cannot progress
 _RX_QUEUE = const(4)  # downlink messages waiting for the agent; more are dropped and counted
 # MicroPython's asyncio extras (not in the CPython-shaped stubs), named once here.
 sleep_ms = asyncio.sleep_ms  # type: ignore[attr-defined]
@@ -114,7 +114,7 @@ class Link:
         while not self.up:
             if self.sock is None:
                 raise self.err or OSError("closed")
-            if time.ticks_diff(time.ticks_ms(), t0) > _CONNACK_TIMEOUT_MS:
+            if time.ticks_diff(time.ticks_ms(), t0) > _TIMEOUT_MS:
                 raise OSError("timeout")
             await sleep_ms(5)
         n = mq.subscribe(self.tx, self.next_pid(), topics, 1)
@@ -139,6 +139,7 @@ class Link:
             while self.busy:
                 await sleep_ms(2)
             self.busy = True
+            t0 = time.ticks_ms()
             try:
                 while left:
                     s = self.sock
@@ -147,6 +148,10 @@ class Link:
                     k = s.write(left)
                     if k:
                         left = left[k:]
+                        t0 = time.ticks_ms()
+                    elif time.ticks_diff(time.ticks_ms(), t0) > _TIMEOUT_MS:
+                        self.close()  # a stalled peer or handshake, a packet half sent
+                        raise OSError("timeout")
                     else:
                         await sleep_ms(5)
             finally:
@@ -249,7 +254,7 @@ class Link:
         self.up = False
         t = self.task
         self.task = None
-        if t is not None:
+        if t is not None and t is not core.cur_task:
             t.cancel()  # takes the reader off the poller before its socket goes
         s = self.sock
         self.sock = None

@@ -122,3 +122,50 @@ def test_concurrent_sends_under_backpressure_stay_whole_and_ordered() -> None:
         assert pkt[4:HEAD] == head and pkt[HEAD:] == tail, f"writer {tag} packet {i} changed"
         seen[tag] += 1
     assert seen == {1: PACKETS, 2: PACKETS, 3: PINGS}
+
+
+STALL_SCRIPT = """
+import asyncio, socket, sys, time
+from link import Link
+
+async def main(port):
+    link = Link({"host": "127.0.0.1", "port": port, "tls": False, "ca": None,
+                 "username": "t", "password": None}, "t", 60)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, 7, 4096)
+    s.connect(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+    s.setblocking(False)
+    link.sock = s
+    link.up = True
+    buf = bytearray(1000)
+    t0 = time.ticks_ms()
+    try:
+        for _ in range(10000):
+            await link._send(buf, len(buf))
+        print("NO TIMEOUT")
+    except OSError as e:
+        print("RAISED", e, time.ticks_diff(time.ticks_ms(), t0) // 1000, link.sock, link.up)
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def test_a_write_that_cannot_progress_closes_the_link() -> None:
+    """A peer that stops reading (or a TLS handshake that stalls) must not hang the agent: a
+    write with no progress for 10 s closes the link (a packet may be half sent) and raises."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    held: list[socket.socket] = []
+    t = threading.Thread(target=lambda: held.append(srv.accept()[0]), daemon=True)
+    t.start()
+    mpy = build()
+    res = run_upy(STALL_SCRIPT, str(port), heap="64K", path=[mpy, ROOT / "firmware"], timeout=60)
+    for c in held:
+        c.close()
+    srv.close()
+    res.check()
+    words = res.stdout.split()
+    assert words[:2] == ["RAISED", "timeout"], res.stdout
+    assert 10 <= int(words[2]) <= 15 and words[3:] == ["None", "False"], res.stdout

@@ -38,7 +38,9 @@ def test_agent_over_tls(broker_factory: Callable[..., Broker], tmp_path: Path) -
     other = tmp_path / "other"
     ca.init_ca(other)
     broker, tls_port = tls_broker(broker_factory, cadir)
-    obs = Observer(broker.port).start()  # the plain listener, for observing only
+    # the plain listener, for observing only; a persistent session, so what the agent publishes
+    # after the restart reaches the observer even if it reconnects later than the agent
+    obs = Observer(broker.port, persistent=True).start()
 
     def tls(ca_file: Path) -> dict[str, object]:
         return {
@@ -62,9 +64,12 @@ def test_agent_over_tls(broker_factory: Callable[..., Broker], tmp_path: Path) -
         broker.stop()
         time.sleep(1.0)
         broker.start()
-        obs.wait(lambda: len(obs.items("ap-tls", "birth")) >= 2, 30, "birth after a restart")
-        n = len(obs.reports("ap-tls"))
-        obs.wait(lambda: len(obs.reports("ap-tls")) >= n + 5, 30, "reports after a restart")
+        try:
+            obs.wait(lambda: len(obs.items("ap-tls", "birth")) >= 2, 30, "birth after a restart")
+            n = len(obs.reports("ap-tls"))
+            obs.wait(lambda: len(obs.reports("ap-tls")) >= n + 5, 30, "reports after a restart")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- agent console\n{good.console()[-2000:]}") from None
         assert not obs.bad
     finally:
         good.kill()
