@@ -154,9 +154,7 @@ class Controller:
         if self.first_received is None:
             self.first_received = now
         self.metrics.received.inc()
-        if not payload and topic.endswith("/" + topics.DEATH):
-            # A device clearing its retained DEATH after its birth (docs/PROTOCOL.md, "Transport"):
-            # not a message, so neither ingested nor refused.
+        if topics.is_death_clear(topic, payload):  # neither ingested nor refused
             self.metrics.death_cleared.inc()
             self.acks.append(handle)
             return

@@ -149,15 +149,20 @@ class Agent:
             t = self.time_off + self.uptime()
         return t
 
-    async def publish_ctl(self, topic, mtype, body, seq=0, wait=True, retain=False):
-        """Birth, event, ack, death: signed into buf and sent QoS 1, not buffered (state, not
-        data). True once acked (the pid when not wait); False when the link is or goes down."""
+    def seal_ctl(self, topic, mtype, body, seq=0):
+        """A control message (will, birth, event, ack, death) signed into buf; its length. seq 0:
+        the next one."""
         if not seq:
             self.seq = seq = (self.seq + 1) & 0xFFFFFFFF
         w = Writer(self.buf)
         write_head(w, mtype, self.epoch, seq, self.now(), self.uptime())
         w.value(body, 1)
-        n = seal(w, self.signer, topic)
+        return seal(w, self.signer, topic)
+
+    async def publish_ctl(self, topic, mtype, body, seq=0, wait=True, retain=False):
+        """Event, ack, death: sealed into buf and sent QoS 1, not buffered (state, not data).
+        True once acked (the pid when not wait); False when the link is or goes down."""
+        n = self.seal_ctl(topic, mtype, body, seq)
         link = self.link
         pid = link.next_pid()
         try:
@@ -183,12 +188,7 @@ class Agent:
                 await self.board.net_up()  # Wi-Fi on an ESP32; nothing on the sim
                 # The will goes into buf too: link.open copies it into CONNECT before its first
                 # await, so no other use of buf can come in between.
-                w = Writer(self.buf)
-                write_head(w, _DEATH, self.epoch, death_seq, self.now(), self.uptime())
-                w.map_head(1)
-                w.integer(_D_REASON)
-                w.integer(_DEATH_LOST)
-                n = seal(w, self.signer, self.t_death)
+                n = self.seal_ctl(self.t_death, _DEATH, {_D_REASON: _DEATH_LOST}, death_seq)
                 await link.open(
                     self.t_death,
                     memoryview(self.buf)[:n],
@@ -197,9 +197,10 @@ class Agent:
                 attempt = 0
                 cfg = self.cfg
                 st = self.ring.state
-                w = Writer(self.buf)
-                write_head(w, _BIRTH, self.epoch, birth_seq, self.now(), self.uptime())
-                w.value(
+                t = self.base + b"birth"
+                n = self.seal_ctl(
+                    t,
+                    _BIRTH,
                     {
                         _B_FIRMWARE: FIRMWARE,
                         _B_BOARD: self.board.name,
@@ -210,11 +211,9 @@ class Agent:
                         _B_INTERVAL: cfg["interval"],
                         _B_BUFFERED: st.count,
                     },
-                    1,
+                    birth_seq,
                 )
-                t = self.base + b"birth"
-                n = seal(w, self.signer, t)
-                await link.publish(t, self.buf, n, 1, link.next_pid())
+                await link.publish(t, self.buf, n, 1, link.next_pid())  # raises: reconnect
                 del t
                 # Back: clear the retained DEATH (a zero-length retained message deletes it), so
                 # the retained status on `death` exists only while the device is gone.
@@ -401,9 +400,7 @@ class Agent:
                     print("idu:", "command", repr(e))  # it did not fit: the controller retries
                 m = topic = payload = None
                 unload("inbox", "cmds")
-            unload(
-                "inbox",
-                "cmds",
+            unload(  # what a command may have left loaded (inbox and cmds go per message)
                 "tunables",
                 "bootstate",
                 "commands",

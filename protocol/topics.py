@@ -57,6 +57,12 @@ def device_filter(site: str, device: str) -> str:
     return PREFIX + check_id(site, "site") + "/" + check_id(device, "device") + "/#"
 
 
+def is_death_clear(name: str, payload: bytes) -> bool:
+    """A zero-length payload on a `death` topic: a device back online deleting its retained
+    DEATH (docs/PROTOCOL.md, "Transport"). Not a message: receivers skip it, never refuse it."""
+    return not payload and name.endswith("/" + DEATH)
+
+
 def uplink_filter(channel: str) -> str:
     """What the controller subscribes to for one uplink channel, across all sites and devices."""
     return PREFIX + "+/+/" + channel

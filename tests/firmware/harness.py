@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from protocol import messages as M
+from protocol import topics
 from protocol.envelope import Message, decode, encode
 from protocol.errors import ProtocolError
 from protocol.sign import Signer
@@ -160,8 +161,8 @@ class Observer:
         parts = m.topic.split("/")
         if len(parts) != 5 or parts[4] in ("cmd", "cfg", "ota"):
             return
-        if not m.payload and parts[4] == "death":
-            return  # a device back, clearing its retained DEATH: not a message
+        if topics.is_death_clear(m.topic, m.payload):
+            return
         try:
             msg = decode(m.payload, m.topic, Signer(key_for(parts[3])))
         except ProtocolError as e:
