@@ -87,11 +87,23 @@ class Broker:
             ) from None
         return self
 
+    def listening_ports(self) -> list[int]:
+        return [self.port]
+
     def stop(self) -> None:
+        """SIGTERM (a clean stop: persistence is written), then a loopback connection to wake the
+        broker: with clients connected, Mosquitto 2.0 otherwise notices the signal only when its
+        100 ms network wait ends (measured: ~0.11 s per stop, 1 ms with the wake-up)."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
+            for port in self.listening_ports():
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        break
+                except OSError:
+                    continue
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:

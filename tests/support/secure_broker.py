@@ -42,6 +42,10 @@ class GeneratedBroker(Broker):
         self.conf_path.write_text(render(s))
         return self.conf_path
 
+    def listening_ports(self) -> list[int]:
+        tls = self.settings.tls.port if self.settings and self.settings.tls else None
+        return [p for p in (self.port if self.plain else None, tls) if p is not None]
+
     def start(self) -> GeneratedBroker:
         super().start()
         if self.settings is not None and self.settings.tls is not None:
