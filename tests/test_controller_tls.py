@@ -179,13 +179,20 @@ def test_controller_refuses_an_untrusted_broker(
             lambda c: any("not trusted" in r.getMessage() for r in mqtt_log.records),
             what="a log line about the broker's certificate",
         )
+
         # a genuine device publishes over TLS; nothing may reach the store through this controller
+        def refusals() -> int:
+            return sum("not trusted" in r.getMessage() for r in mqtt_log.records)
+
         p = device_peer(port, cadir / "ca.crt", check_name=False)  # not what is tested here
         try:
             publish_reports(p, SimDevice("ap-tls", key, port), 3)
         finally:
             p.close()
-        time.sleep(1.5)
+        # the controller keeps retrying (0.5 s, 1 s, ...): its next attempt, after the reports,
+        # is refused too
+        n = refusals()
+        ct.wait(lambda c: refusals() > n, what="another refused attempt after the reports")
         assert ct.ctl is not None and not ct.ctl.link.connected.is_set()
         assert ct.ctl.metrics.stored._value.get() == 0
     finally:

@@ -27,6 +27,7 @@ def test_private_broker_round_trip(broker: Broker) -> None:
         th.join(0.1)
         if got:
             break
+    c.disconnect()  # also wakes paho's loop: loop_stop alone waits up to 1 s
     c.loop_stop()
     ready.set()
     assert got == [b"hello"]

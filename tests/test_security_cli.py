@@ -6,7 +6,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import signal
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.support.broker import MOSQUITTO, free_port, wait_port
+from tests.support.broker import MOSQUITTO, free_port, terminate, wait_port
 from tests.support.secure_broker import Peer
 from tools.cli import cli
 
@@ -42,8 +41,7 @@ def broker_dir(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
         wait_port(tls_port)
         yield bdir, port, tls_port
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(10)
+        terminate(proc, [port, tls_port])
 
 
 def test_broker_init_refuses_to_overwrite(tmp_path: Path) -> None:

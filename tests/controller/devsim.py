@@ -3,6 +3,7 @@ DEATH-reserved-at-connect rule, and an optional command responder that ACKs what
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
@@ -47,7 +48,10 @@ class SimDevice:
 
     def connect(self, respond: bool = False) -> None:
         """Reserve seq n for the DEATH will, publish BIRTH with n+1."""
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.device)
+        # No reconnecting by itself (a reconnect would not resend BIRTH); drop() relies on it.
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.device, reconnect_on_failure=False
+        )
         will_topic, will = self.build(M.DEATH, {M.D_REASON: M.DEATH_LOST})
         c.will_set(will_topic, will, qos=1)
         c.on_connect = lambda *a: self._connected.set()
@@ -83,12 +87,14 @@ class SimDevice:
         return self.epoch, self.seq
 
     def drop(self) -> None:
-        """Vanish without DISCONNECT: the broker publishes the DEATH will."""
+        """Vanish without DISCONNECT: the broker publishes the DEATH will. Shutting the socket
+        down ends paho's network thread at once (it reads end-of-stream and does not reconnect);
+        stopping the loop first would wait up to 1 s for paho's select() to time out."""
         assert self.client is not None
         sock = self.client.socket()
-        self.client.loop_stop()
         if sock is not None:
-            sock.close()
+            sock.shutdown(socket.SHUT_RDWR)
+        self.client.loop_stop()
         self.client = None
 
     def close(self) -> None:

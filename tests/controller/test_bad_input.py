@@ -97,6 +97,7 @@ def test_each_bad_input_counted_nothing_stored(
         for reason, n in expected.items():
             assert m.rejected_count(reason) == n, reason
         b.close()
+        pub.disconnect()  # also wakes paho's loop: loop_stop alone waits up to 1 s
         pub.loop_stop()
     finally:
         ct.stop()

@@ -20,12 +20,14 @@ def test_demo_runs_agents_end_to_end(tmp_path: Path) -> None:
         [
             IDUFLEET,
             "demo",
+            # Every agent has sent its BIRTH and a report with metrics ~2 s after the demo starts
+            # (--interval 1); 6 s leaves three times that for a loaded machine.
             "--seconds",
-            "12",
+            "6",
             "--devices",
             "6",
             "--interval",
-            "2",
+            "1",
             "--dir",
             str(workdir),
             "--json",

@@ -37,6 +37,7 @@ def test_restart_resumes_session_and_window(
         pub = publisher(broker.port)
         pub.publish(*old, qos=1).wait_for_publish(5)
         ct2.wait(lambda c: c.metrics.rejected_count("replay") == 1, what="replay refused")
+        pub.disconnect()  # also wakes paho's loop: loop_stop alone waits up to 1 s
         pub.loop_stop()
         dev.close()
     finally:

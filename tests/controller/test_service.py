@@ -11,7 +11,7 @@ from controller import registry
 from controller.config import StoreConfig
 from controller.keys import MasterKey
 from controller.store import open_store
-from tests.controller.devsim import SimDevice
+from tests.controller.devsim import SimDevice, wait_for
 from tests.controller.harness import ControllerThread, make_config
 from tests.support.broker import Broker
 
@@ -66,6 +66,10 @@ def test_reports_presence_and_api(
         # the broker publishes the reserved DEATH will when the device vanishes
         d0.drop()
         ct.wait(lambda c: not c.core.devices["dev-0"].presence.online, 20, "offline after will")
+        # the API reads the store: the offline event is there once the next batch has committed
+        wait_for(
+            lambda: len(http(ct.url + "/api/presence?device=dev-0")[1]) >= 2, 5, "offline stored"
+        )
         status, pres = http(ct.url + "/api/presence?device=dev-0")
         assert [(p["state"], p["reason"]) for p in pres] == [
             ("online", "birth"),

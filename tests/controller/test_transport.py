@@ -47,6 +47,7 @@ def test_publish_properties_are_skipped_payload_intact(
         assert sum(ct.ctl.metrics.rejected_count(r) for r in ("bad_tag", "truncated")) == 0  # type: ignore[union-attr]
     finally:
         ct.stop()
+        pub.disconnect()  # also wakes paho's loop: loop_stop alone waits up to 1 s
         pub.loop_stop()
     ct2 = ControllerThread(cfg, master).start()
     try:
@@ -57,6 +58,7 @@ def test_publish_properties_are_skipped_payload_intact(
         dev_pub.publish(topic, payload, qos=1).wait_for_publish(5)
         ct2.wait(lambda c: c.metrics.stored._value.get() >= 1, what="one more stored")
         assert ct2.ctl is not None and ct2.ctl.metrics.duplicates._value.get() == 0
+        dev_pub.disconnect()
         dev_pub.loop_stop()
     finally:
         ct2.stop()

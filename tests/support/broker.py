@@ -32,6 +32,27 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def terminate(proc: subprocess.Popen[bytes], ports: list[int]) -> None:
+    """Stop a Mosquitto cleanly (SIGTERM: persistence is written), then connect to one of its
+    loopback ports to wake it: with clients connected, Mosquitto 2.0 otherwise notices the signal
+    only when its 100 ms network wait ends (measured: ~0.11 s per stop, 1 ms with the wake-up).
+    SIGKILL if it has not exited after 10 s."""
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    for port in ports:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            continue
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @dataclass
 class Broker:
     """One Mosquitto process. `extra` holds config lines appended after the listener."""
@@ -87,16 +108,12 @@ class Broker:
             ) from None
         return self
 
+    def listening_ports(self) -> list[int]:
+        return [self.port]
+
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, self.listening_ports())
         self.proc = None
 
     def restart(self) -> None:

@@ -42,6 +42,10 @@ class GeneratedBroker(Broker):
         self.conf_path.write_text(render(s))
         return self.conf_path
 
+    def listening_ports(self) -> list[int]:
+        tls = self.settings.tls.port if self.settings and self.settings.tls else None
+        return [p for p in (self.port if self.plain else None, tls) if p is not None]
+
     def start(self) -> GeneratedBroker:
         super().start()
         if self.settings is not None and self.settings.tls is not None:
@@ -69,10 +73,14 @@ class Peer:
     def __post_init__(self) -> None:
         self._ev = threading.Event()
         self._sub_ev = threading.Event()
+        # Never reconnects by itself during a test: once refused or dropped, paho's network
+        # thread ends, instead of sleeping out a reconnect delay in 1 s steps that close() (and
+        # so every test's teardown) would wait for.
         self.c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id or f"peer-{id(self):x}",
             protocol=self.protocol,
+            reconnect_on_failure=False,
         )
         if self.username is not None:
             self.c.username_pw_set(self.username, self.password)
@@ -85,7 +93,6 @@ class Peer:
         self.c.on_socket_open = lambda c, u, s: s.setsockopt(
             socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
         )
-        self.c.reconnect_delay_set(60, 120)  # never reconnect by itself during a test
 
     def _on_connect(self, c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
         self.connack = int(rc.value)
