@@ -13,7 +13,8 @@ from psycopg import sql as pgsql
 
 from controller.domain.records import Accepted, DeviceUpdate
 from controller.errors import StoreError
-from controller.store.base import Store, device_update_rows
+from controller.store.base import Store
+from controller.store.writes import device_update_rows
 
 
 def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:

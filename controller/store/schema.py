@@ -4,6 +4,8 @@ metric values are physical units (protocol.metrics.real)."""
 
 from __future__ import annotations
 
+MASK_BITS = 62  # raw_samples.mask (migration 2): bit (metric % 62), within a signed 64-bit integer
+
 MIGRATIONS: list[list[str]] = [
     # 1: registry, ingest, rollups, presence, events, commands
     [
