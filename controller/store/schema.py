@@ -169,6 +169,24 @@ MIGRATIONS: list[list[str]] = [
             last_ts DOUBLE PRECISION NOT NULL
         )""",
     ],
+    # 4: claim tokens (store/claims.py). Until this migration provisioning created the table
+    # itself on first use, with this same definition: IF NOT EXISTS upgrades those stores too,
+    # keeping their tokens. `secret_wrapped` is the token secret under the master key.
+    [
+        """CREATE TABLE IF NOT EXISTS claim_tokens (
+            id TEXT PRIMARY KEY,
+            secret_wrapped {blob} NOT NULL,
+            site TEXT NOT NULL,
+            zone TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            expires DOUBLE PRECISION NOT NULL,
+            used_at DOUBLE PRECISION,
+            device_id TEXT,
+            board_pub {blob},
+            extra TEXT NOT NULL DEFAULT '{{}}'
+        )""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)
