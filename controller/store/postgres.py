@@ -14,6 +14,7 @@ from psycopg import sql as pgsql
 from controller.domain.records import Accepted, DeviceUpdate
 from controller.errors import StoreError
 from controller.store.base import Store
+from controller.store.rollups import ROLLUP_COLS
 from controller.store.writes import device_update_rows
 
 
@@ -121,7 +122,7 @@ class PostgresStore(Store):
         """DELETE ... RETURNING feeds the fold: exactly the deltas this statement removes are
         folded, whatever other controllers commit meanwhile (their new deltas wait for the
         next compaction)."""
-        cols = f"id, {keycol}, metric, hour, n, vmin, vmax, vsum, vlast, last_ts"
+        cols = f"id, {keycol}, metric, hour, {ROLLUP_COLS}"
         rows = self._execute(
             f"WITH gone AS (DELETE FROM {table}_delta RETURNING {cols}),"
             f" folded AS ({self._fold_sql(table, keycol, 'gone')})"

@@ -4,11 +4,42 @@ Everything that knows the rollup and delta tables is here; the pure fold is doma
 
 from __future__ import annotations
 
+from typing import Any
+
 from controller.domain.records import Accepted
-from controller.domain.rollup import Deltas, fold_batch
+from controller.domain.rollup import Deltas, fold_batch, merge
 from controller.store.core import StoreCore
 
 _ROLLUPS = (("rollup_device", "device_id"), ("rollup_zone", "zone"))  # (table, key column)
+# The rollup columns in domain.rollup's aggregate order, each with how merge() combines it:
+# the one statement of the merge rule in SQL (_merge_sql generates both of its SQL forms).
+_RULE = (
+    ("n", "add"),
+    ("vmin", "min"),
+    ("vmax", "max"),
+    ("vsum", "add"),
+    ("vlast", "last"),
+    ("last_ts", "max"),
+)
+ROLLUP_COLS = ", ".join(col for col, _ in _RULE)  # as rollup and delta tables name them
+
+
+def _rows(deltas: Deltas) -> list[tuple[Any, ...]]:
+    """(key, metric, hour, the _RULE columns) per delta, as the tables take them."""
+    return [(k[0], k[1], k[2], int(a[0]), a[1], a[2], a[3], a[4], a[5]) for k, a in deltas.items()]
+
+
+def _merged(rows: list[tuple[Any, ...]]) -> dict[int, list[float]]:
+    """Rows of (key, the _RULE columns, ...) merged per key in the order given: a reader
+    orders each key's rollup row before its deltas, and those by id (the order added)."""
+    out: dict[int, list[float]] = {}
+    for r in rows:
+        a = out.get(int(r[0]))
+        if a is None:
+            out[int(r[0])] = [float(v) for v in r[1:7]]
+        else:
+            merge(a, r[1:7])
+    return out
 
 
 class Rollups(StoreCore):
@@ -30,12 +61,10 @@ class Rollups(StoreCore):
     def _merge_rollups(self, table: str, keycol: str, deltas: Deltas) -> None:
         """Upsert a batch's deltas into the rollup rows directly (ROLLUP_DELTAS off), sorted by
         key so two controllers on one store lock rollup rows in the same order."""
-        rows = [
-            (k[0], k[1], k[2], int(a[0]), a[1], a[2], a[3], a[4], a[5]) for k, a in deltas.items()
-        ]
+        rows = _rows(deltas)
         rows.sort(key=lambda r: (r[0], r[1], r[2]))
         self._insert_values(
-            f"INSERT INTO {table} ({keycol}, metric, hour, n, vmin, vmax, vsum, vlast, last_ts)",
+            f"INSERT INTO {table} ({keycol}, metric, hour, {ROLLUP_COLS})",
             rows,
             self._rollup_conflict(table, keycol),
         )
@@ -43,12 +72,9 @@ class Rollups(StoreCore):
     def _append_deltas(self, table: str, keycol: str, deltas: Deltas) -> None:
         """Append a batch's aggregated deltas to `table`_delta (migration 3): plain inserts
         (COPY on PostgreSQL), no row updated, no index touched. compact_rollups folds them in."""
-        rows = [
-            (k[0], k[1], k[2], int(a[0]), a[1], a[2], a[3], a[4], a[5]) for k, a in deltas.items()
-        ]
+        rows = _rows(deltas)
         self._insert_values(
-            f"INSERT INTO {table}_delta ({keycol}, metric, hour, n, vmin, vmax, vsum, vlast,"
-            " last_ts)",
+            f"INSERT INTO {table}_delta ({keycol}, metric, hour, {ROLLUP_COLS})",
             rows,
         )
         self.deltas_pending += len(rows)
@@ -83,37 +109,51 @@ class Rollups(StoreCore):
             self._execute(f"DELETE FROM {table}_delta")
         return n
 
+    def _merge_sql(self, old: str | None, new: str = "") -> list[str]:
+        """domain.rollup.merge in SQL, one expression per rollup column (_RULE order): of the
+        rows `old` and `new` (an upsert: the stored row and `excluded`; "last" is the new one's
+        when its time is equal or later), or with `old` None, of all the rows of a GROUP BY (the
+        compaction; "last" is then the value of the row ranked rn = 1, the latest by sample
+        time and the later delta on equal times)."""
+        out = []
+        for col, rule in _RULE:
+            if old is None:
+                if rule == "last":
+                    out.append(f"MAX(CASE WHEN rn = 1 THEN {col} END)")
+                else:
+                    out.append({"add": "SUM", "min": "MIN", "max": "MAX"}[rule] + f"({col})")
+                continue
+            a, b = f"{old}.{col}", f"{new}.{col}"
+            if rule == "add":
+                out.append(f"{a} + {b}")
+            elif rule == "last":
+                out.append(f"CASE WHEN {new}.last_ts >= {old}.last_ts THEN {b} ELSE {a} END")
+            else:
+                out.append(f"{self.LEAST if rule == 'min' else self.GREATEST}({a}, {b})")
+        return out
+
     def _fold_sql(self, table: str, keycol: str, source: str) -> str:
         """INSERT ... SELECT folding the deltas in `source` (a table or CTE with the delta
-        columns and id) into `table`: per key, metric and hour the count and sum add, min and
-        max combine, "last" is the value with the latest sample time, the later delta (higher
-        id) on equal times, and it replaces the stored one when its time is equal or later;
-        the same rules as merging in order (rollup.Agg.merge), which the queries do. Rows go
-        in key order so two compactions would lock rollup rows in the same order."""
+        columns and id) into `table`, by the merge rule: the deltas of one key, metric and hour
+        merged in the order they were added (id), then into the stored row. Rows go in key
+        order so two compactions would lock rollup rows in the same order."""
         t, k = table, keycol
         return (
-            f"INSERT INTO {t} ({k}, metric, hour, n, vmin, vmax, vsum, vlast, last_ts)"
-            f" SELECT {k}, metric, hour, SUM(n), MIN(vmin), MAX(vmax), SUM(vsum),"
-            " MAX(CASE WHEN rn = 1 THEN vlast END), MAX(last_ts)"
-            f" FROM (SELECT {k}, metric, hour, n, vmin, vmax, vsum, vlast, last_ts,"
+            f"INSERT INTO {t} ({k}, metric, hour, {ROLLUP_COLS})"
+            f" SELECT {k}, metric, hour, {', '.join(self._merge_sql(None))}"
+            f" FROM (SELECT {k}, metric, hour, {ROLLUP_COLS},"
             f" ROW_NUMBER() OVER (PARTITION BY {k}, metric, hour ORDER BY last_ts DESC, id DESC)"
             f" AS rn FROM {source}) AS d WHERE true"
             f" GROUP BY {k}, metric, hour ORDER BY {k}, metric, hour" + self._rollup_conflict(t, k)
         )
 
     def _rollup_conflict(self, t: str, keycol: str) -> str:
-        """Merging into an existing rollup row: counts and sums add, min and max combine, the
-        incoming "last" wins when its time is equal or later."""
-        return (
-            f" ON CONFLICT ({keycol}, metric, hour) DO UPDATE SET"
-            f" n = {t}.n + excluded.n,"
-            f" vmin = {self.LEAST}({t}.vmin, excluded.vmin),"
-            f" vmax = {self.GREATEST}({t}.vmax, excluded.vmax),"
-            f" vsum = {t}.vsum + excluded.vsum,"
-            f" vlast = CASE WHEN excluded.last_ts >= {t}.last_ts"
-            f" THEN excluded.vlast ELSE {t}.vlast END,"
-            f" last_ts = {self.GREATEST}({t}.last_ts, excluded.last_ts)"
+        """ON CONFLICT clause merging an incoming row into the stored rollup row (merge rule)."""
+        sets = ", ".join(
+            f"{col} = {e}"
+            for (col, _), e in zip(_RULE, self._merge_sql(t, "excluded"), strict=True)
         )
+        return f" ON CONFLICT ({keycol}, metric, hour) DO UPDATE SET {sets}"
 
     # --- reads ---------------------------------------------------------------------------
     def hourly(
@@ -126,47 +166,32 @@ class Rollups(StoreCore):
         where = f"WHERE {col} = ? AND metric = ? AND hour >= ? AND hour < ?"
         params = (key, metric, int(since // 3600 * 3600), until)
         rows = self._execute(
-            f"SELECT hour, n, vmin, vmax, vsum, vlast, last_ts, 0, 0 FROM {table} {where}"
-            " UNION ALL SELECT hour, n, vmin, vmax, vsum, vlast, last_ts, 1, id"
-            f" FROM {table}_delta {where} ORDER BY 1, 8, 9",
+            f"SELECT hour, {ROLLUP_COLS}, 0, 0 FROM {table} {where}"
+            f" UNION ALL SELECT hour, {ROLLUP_COLS}, 1, id FROM {table}_delta {where}"
+            " ORDER BY 1, 8, 9",
             params + params,
         )
-        out: list[dict[str, float]] = []
-        o: dict[str, float] = {}
-        last_ts = 0.0
-        for h, n, vmin, vmax, vsum, vlast, ts, _, _ in rows:
-            if not out or o["hour"] != h:
-                o = {"hour": int(h), "count": int(n), "min": float(vmin), "max": float(vmax)}
-                o["mean"], o["last"], last_ts = float(vsum), float(vlast), ts  # mean: sum here
-                out.append(o)
-                continue
-            # same hour: the rollup row came first, then the deltas in the order they were
-            # added; the compaction's rules (rollup.Agg.merge)
-            o["count"] += int(n)
-            o["min"] = min(o["min"], float(vmin))
-            o["max"] = max(o["max"], float(vmax))
-            o["mean"] += float(vsum)
-            if ts >= last_ts:
-                o["last"], last_ts = float(vlast), ts
-        for o in out:
-            o["mean"] /= o["count"]
-        return out
+        return [
+            {
+                "hour": h,
+                "count": int(a[0]),
+                "min": a[1],
+                "max": a[2],
+                "mean": a[3] / a[0],
+                "last": a[4],
+            }
+            for h, a in _merged(rows).items()
+        ]
 
     def latest(self, device: str) -> dict[int, tuple[float, float]]:
         """metric -> (ts, value) of the device's newest sample, from the rollups (cheap) and
-        the deltas not compacted yet (one statement; later delta wins on equal times)."""
+        the deltas not compacted yet (one statement), merged by the merge rule."""
         rows = self._execute(
-            "SELECT r.metric, r.last_ts, r.vlast, 0, 0 FROM rollup_device r JOIN"
-            " (SELECT metric, MAX(hour) AS h FROM rollup_device WHERE device_id = ?"
-            " GROUP BY metric) m ON m.metric = r.metric AND m.h = r.hour"
-            " WHERE r.device_id = ?"
-            " UNION ALL SELECT metric, last_ts, vlast, 1, id FROM rollup_device_delta"
-            " WHERE device_id = ? ORDER BY 4, 5",
+            f"SELECT r.metric, {', '.join('r.' + c for c, _ in _RULE)}, 0, 0 FROM rollup_device r"
+            " JOIN (SELECT metric, MAX(hour) AS h FROM rollup_device WHERE device_id = ?"
+            " GROUP BY metric) m ON m.metric = r.metric AND m.h = r.hour WHERE r.device_id = ?"
+            f" UNION ALL SELECT metric, {ROLLUP_COLS}, 1, id FROM rollup_device_delta"
+            " WHERE device_id = ? ORDER BY 8, 9",
             (device, device, device),
         )
-        out: dict[int, tuple[float, float]] = {}
-        for r in rows:
-            mid, ts = int(r[0]), float(r[1])
-            if mid not in out or ts >= out[mid][0]:
-                out[mid] = (ts, float(r[2]))
-        return out
+        return {mid: (a[5], a[4]) for mid, a in _merged(rows).items()}

@@ -12,12 +12,13 @@ from controller.domain.batching import Batcher
 from controller.domain.commands import CommandIssuer
 from controller.domain.ingest import DeviceState, IngestCore, Rejected
 from controller.domain.records import Accepted
-from controller.domain.rollup import fold, fold_batch
+from controller.domain.rollup import fold_batch, merge
 from protocol import messages as M
 from protocol.commands import CommandGuard
 from protocol.envelope import Message, decode, encode
 from protocol.replay import WINDOW
 from protocol.sign import Signer
+from tests.controller.rollup_reference import fold
 
 KEY = bytes(range(32))
 SIGNER = Signer(KEY)
@@ -116,10 +117,21 @@ def test_batcher_size_or_time() -> None:
     assert b.take() == [1, 2] and not b.due(10.0)
 
 
-def test_rollup_fold() -> None:
-    aggs = fold([("z", 57, 7200.0, 1.0), ("z", 57, 7300.0, 3.0), ("z", 57, 7250.0, 2.0)])
-    a = aggs[("z", 57, 7200)]
-    assert (a.n, a.vmin, a.vmax, a.mean, a.last) == (3, 1.0, 3.0, 2.0, 3.0)
+def test_rollup_fold_takes_the_latest_sample_as_last_whatever_the_order() -> None:
+    def acc(seq: int, ts: float, v: float) -> Accepted:
+        return Accepted("a", "z", 1, seq, M.REPORT, 0.0, 0.0, ((0, 57, ts, v),))
+
+    dev, _ = fold_batch([acc(1, 7200.0, 1.0), acc(2, 7300.0, 3.0), acc(3, 7250.0, 2.0)])
+    n, vmin, vmax, vsum, last, last_ts = dev[("a", 57, 7200)]
+    assert (n, vmin, vmax, vsum / n, last, last_ts) == (3, 1.0, 3.0, 2.0, 3.0, 7300.0)
+
+
+def test_rollup_merge_adds_combines_and_the_later_wins_on_equal_times() -> None:
+    a = [2, 1.0, 5.0, 6.0, 5.0, 100.0]
+    merge(a, (1, 0.5, 0.5, 0.5, 0.5, 90.0))  # older sample: last stays
+    assert a == [3, 0.5, 5.0, 6.5, 5.0, 100.0]
+    merge(a, (2, 2.0, 9.0, 11.0, 9.0, 100.0))  # same time, merged later: it is "last"
+    assert a == [5, 0.5, 9.0, 17.5, 9.0, 100.0]
 
 
 def test_fold_batch_device_then_zone() -> None:

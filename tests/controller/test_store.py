@@ -17,12 +17,12 @@ from controller.domain.records import (
     DeviceUpdate,
     PresenceEvent,
 )
-from controller.domain.rollup import fold
 from controller.errors import KeyWrapError, RegistryError, StoreError
 from controller.keys import MasterKey
 from controller.store import Store, open_store
 from controller.store.schema import LATEST
 from protocol import messages as M
+from tests.controller.rollup_reference import fold
 
 HOUR = 3600.0
 T0 = 1_790_000_000.0 // HOUR * HOUR  # an hour boundary
