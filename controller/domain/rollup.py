@@ -49,12 +49,11 @@ def fold_batch(messages: Iterable[Accepted]) -> tuple[Deltas, Deltas]:
     groups: dict[tuple[str, int], tuple[list[float], list[dict[int, float]]]] = {}
     zone_of: dict[str, str] = {}
     for m in messages:
-        samples = m.samples or m.all_samples()
-        if not samples:
+        if not m.samples:
             continue
         d = m.device
         zone_of[d] = m.zone
-        for _, ts, vals in samples:
+        for _, ts, vals in m.samples:
             gk = (d, int(ts // HOUR) * HOUR)
             g = groups.get(gk)
             if g is None:

@@ -28,7 +28,6 @@ class StoreCore(ABC):
     SERIAL = "INTEGER PRIMARY KEY AUTOINCREMENT"
     LEAST = "MIN"
     GREATEST = "MAX"
-    HOUR = "(CAST(ts / 3600 AS INTEGER) * 3600)"
 
     # --- backend hooks -------------------------------------------------------------------
     @abstractmethod

@@ -28,7 +28,6 @@ class PostgresStore(Store):
     SERIAL = "BIGSERIAL PRIMARY KEY"
     LEAST = "LEAST"
     GREATEST = "GREATEST"
-    HOUR = "(FLOOR(ts / 3600) * 3600)::BIGINT"
 
     def __init__(self, dsn: str, schema: str) -> None:
         self.schema = schema
@@ -47,7 +46,6 @@ class PostgresStore(Store):
             raise StoreError(
                 f"cannot open PostgreSQL store ({e.__class__.__name__}: {e}); check store.dsn"
             ) from e
-        self._depth = 0
         self._masks = {}
         self._types: dict[str, list[str]] = {}
 

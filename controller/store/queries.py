@@ -116,9 +116,3 @@ class Queries(StoreCore):
             }
             for r in rows
         ]
-
-    def message_keys(self, device: str) -> list[tuple[int, int]]:
-        rows = self._execute(
-            "SELECT epoch, seq FROM messages WHERE device_id = ? ORDER BY epoch, seq", (device,)
-        )
-        return [(int(r[0]), int(r[1])) for r in rows]

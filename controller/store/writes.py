@@ -85,7 +85,7 @@ class Writes(Rollups, Commands):
         if len(masks) > 4096:
             masks.clear()
         for m in fresh:
-            for i, ts, vals in m.samples or m.all_samples():
+            for i, ts, vals in m.samples:
                 if not vals:
                     continue
                 ids = tuple(vals)

@@ -29,8 +29,8 @@ T0 = 1_790_000_000.0 // HOUR * HOUR  # an hour boundary
 
 
 def report(dev: str, zone: str, seq: int, ts: float, values: dict[int, float]) -> Accepted:
-    rows = tuple((0, m, ts, float(v)) for m, v in values.items())
-    return Accepted(dev, zone, 1, seq, M.REPORT, ts, ts, rows)
+    samples = ((0, ts, {m: float(v) for m, v in values.items()}),)
+    return Accepted(dev, zone, 1, seq, M.REPORT, ts, ts, samples=samples)
 
 
 def test_migrate_is_idempotent_and_refuses_newer(store: Store, store_cfg: StoreConfig) -> None:
@@ -137,7 +137,7 @@ def test_packed_samples_answer_per_metric_queries(store: Store, master: MasterKe
     registry.create_device(store, master, "s-1", "porto", "baixa", "sensor")
     batch = Accepted(
         "s-1", "baixa", 1, 1, M.BATCH, T0 + 100, T0 + 100,
-        ((0, 1, T0 + 10, 5.0), (0, 63, T0 + 10, 6.0), (1, 63, T0 + 20, 7.0), (2, 1, T0 + 30, 8.0)),
+        samples=((0, T0 + 10, {1: 5.0, 63: 6.0}), (1, T0 + 20, {63: 7.0}), (2, T0 + 30, {1: 8.0})),
     )  # fmt: skip
     r = store.write_batch(Batch([batch, report("s-1", "baixa", 2, T0 + 40, {63: 9.0})]))
     assert (r.messages, r.rows) == (2, 5)
@@ -207,7 +207,8 @@ def expected_hourly(stored: list[Accepted], scope: str, key: str, metric: int) -
         (key, mid, ts, v)
         for m in stored
         if (m.zone if scope == "zone" else m.device) == key
-        for _, mid, ts, v in m.metric_rows()
+        for _, ts, vals in m.samples
+        for mid, v in vals.items()
         if mid == metric
     )
     return [
@@ -266,7 +267,12 @@ def test_hourly_identical_before_and_after_compaction(
             for metric in (57, 58):
                 out[f"{key}/{metric}"] = expected_hourly(stored, scope, key, metric)
         for dev in DEVICES:
-            last = fold((m.device, mid, ts, v) for m in stored for _, mid, ts, v in m.metric_rows())
+            last = fold(
+                (m.device, mid, ts, v)
+                for m in stored
+                for _, ts, vals in m.samples
+                for mid, v in vals.items()
+            )
             newest = {k[1]: a for k, a in sorted(last.items()) if k[0] == dev}  # latest hour wins
             out[f"latest/{dev}"] = {mid: (a.last_ts, a.last) for mid, a in newest.items()}
         return out
