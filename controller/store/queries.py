@@ -12,11 +12,22 @@ import msgpack  # type: ignore[import-untyped,unused-ignore]
 from controller.store.core import StoreCore
 from controller.store.schema import MASK_BITS
 
+_COUNTABLE = (
+    "messages",
+    "raw_metrics",
+    "presence",
+    "device_events",
+    "devices",
+    "rollup_device_delta",
+    "rollup_zone_delta",
+)
+
 
 class Queries(StoreCore):
     def count(self, table: str) -> int:
-        """Rows of a table; for "raw_metrics", metric values stored (packed ones included)."""
-        if table not in ("messages", "raw_metrics", "presence", "device_events", "devices"):
+        """Rows of a table; for "raw_metrics", metric values stored (packed ones included); the
+        delta tables: rollup deltas not compacted yet. ValueError for any other table."""
+        if table not in _COUNTABLE:
             raise ValueError(table)
         n = int(self._execute(f"SELECT COUNT(*) FROM {table}")[0][0])
         if table == "raw_metrics":
