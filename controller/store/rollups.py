@@ -34,9 +34,9 @@ def _merged(rows: list[tuple[Any, ...]]) -> dict[int, list[float]]:
     orders each key's rollup row before its deltas, and those by id (the order added)."""
     out: dict[int, list[float]] = {}
     for r in rows:
-        a = out.get(int(r[0]))
+        a = out.get(r[0])
         if a is None:
-            out[int(r[0])] = [float(v) for v in r[1:7]]
+            out[r[0]] = list(r[1:7])  # the columns' SQL types are BIGINT and DOUBLE PRECISION
         else:
             merge(a, r[1:7])
     return out
