@@ -31,7 +31,8 @@ def _rows(deltas: Deltas) -> list[tuple[Any, ...]]:
 
 def _merged(rows: list[tuple[Any, ...]]) -> dict[int, list[float]]:
     """Rows of (key, the _RULE columns, ...) merged per key in the order given: a reader
-    orders each key's rollup row before its deltas, and those by id (the order added)."""
+    orders each key's rollup row before its deltas, and those by id (the order added).
+    (hourly() merges in one pass instead: its rows come grouped by hour.)"""
     out: dict[int, list[float]] = {}
     for r in rows:
         a = out.get(r[0])
@@ -171,16 +172,16 @@ class Rollups(StoreCore):
             " ORDER BY 1, 8, 9",
             params + params,
         )
+        # ordered by hour: each hour's rollup row first, then its deltas in the order added
+        merged: list[tuple[int, list[float]]] = []
+        for r in rows:
+            if merged and merged[-1][0] == r[0]:
+                merge(merged[-1][1], r[1:7])
+            else:
+                merged.append((r[0], list(r[1:7])))
         return [
-            {
-                "hour": h,
-                "count": int(a[0]),
-                "min": a[1],
-                "max": a[2],
-                "mean": a[3] / a[0],
-                "last": a[4],
-            }
-            for h, a in _merged(rows).items()
+            {"hour": h, "count": a[0], "min": a[1], "max": a[2], "mean": a[3] / a[0], "last": a[4]}
+            for h, a in merged
         ]
 
     def latest(self, device: str) -> dict[int, tuple[float, float]]:
