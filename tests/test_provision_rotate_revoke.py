@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from controller import registry
+from controller.domain.rotation import DualSigner
 from controller.keys import MasterKey
-from controller.provisioning.rotation import DualSigner
 from controller.security import dynsec
 from protocol import messages as M
 from protocol import topics
@@ -54,7 +54,7 @@ class World:
     def add_device(self, device: str) -> tuple[bytes, str]:
         """Registered through the running controller, with its own broker account."""
         assert self.ct.ctl is not None
-        new = self.ct.call(self.ct.ctl.register, device, SITE, "ribeira", "ap")
+        new = self.ct.call(self.ct.ctl.fleet.register, device, SITE, "ribeira", "ap")
         password = dynsec.new_password()
         self.admin.create_device(SITE, device, password)
         return new.key, password

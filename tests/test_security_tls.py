@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from controller.errors import BAD_HOST, CA_EXISTS, CA_MISSING, SecurityError
 from controller.security import ca, dynsec
 from controller.security.broker_config import BrokerSettings, TlsListener
-from controller.security.errors import BAD_HOST, CA_EXISTS, CA_MISSING, SecurityError
 from tests.support.broker import free_port
 from tests.support.secure_broker import GeneratedBroker, Peer
 from tests.support.upy import UpyResult

@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
+from controller.errors import SecurityError
 from controller.security import dynsec
 from controller.security.broker_config import CREDENTIALS, TlsListener, write_broker_dir
-from controller.security.errors import SecurityError
 from tools.errors import CliError
 from tools.options import BROKER_DIR, dir_option
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
+from controller.errors import SecurityError
 from controller.security import ca
-from controller.security.errors import SecurityError
 from tools.errors import CliError
 from tools.options import CA_DIR, dir_option
 

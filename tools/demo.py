@@ -195,7 +195,7 @@ async def view(ctl: Any, kinds: dict[str, str], remaining: float) -> Group:
     )
     for dev_id in sorted(devs):
         d = devs[dev_id]
-        latest = await ctl.db(ctl.store.latest, dev_id)
+        latest = await ctl.db.call(lambda s, d=dev_id: s.latest(d))
         shown = []
         for name in SHOW.get(kinds.get(dev_id, ""), ()):
             mid = pm.BY_NAME[name]

@@ -17,13 +17,12 @@ from typing import Any
 
 import click
 
-from controller.errors import ControllerError
+from controller.errors import ControllerError, SecurityError
 from controller.provisioning import tokens as T
 from controller.provisioning.bundles import broker_block, claim_bundle, write_bundle
 from controller.registry import zone_problem
 from controller.security import dynsec
 from controller.security.broker_config import CREDENTIALS
-from controller.security.errors import SecurityError
 from protocol import ProtocolError
 from protocol.topics import check_id
 from tools.api_client import ApiClient

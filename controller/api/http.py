@@ -1,24 +1,45 @@
-"""The JSON HTTP API (aiohttp) and Prometheus /metrics. Reads are open (the API binds to
-loopback by default); registering, disabling and commanding devices need the operator bearer
-token (api.token), and are refused when no token is configured."""
+"""The JSON HTTP API (aiohttp) and Prometheus /metrics. Handlers get one narrow object, `ApiOps`
+(the Fleet service, a health snapshot, the metrics registry, the API settings); they parse,
+call it, and answer. Every error is {"error": message, "code": reason} from one place
+(`error`), and one middleware checks the operator token on every write (non-GET) route. Reads
+are open (the API binds to loopback by default); writes are refused when no token is set."""
 
 from __future__ import annotations
 
 import hmac
+import json
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from controller.config import ApiConfig
+from controller.domain.rotation import ACK_TIMEOUT_S, GRACE_S
 from controller.errors import ControllerError, RegistryError
+from controller.fleet import Fleet
 from protocol import metrics as pm
 
-if TYPE_CHECKING:
-    from controller.app import Controller
-
-CTRL: web.AppKey[Controller] = web.AppKey("controller")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_WAIT_S = 60.0  # a command request waits at most this long for its ACK
+MAX_ROTATE_WAIT_S = 120.0
+
+
+@dataclass(frozen=True)
+class ApiOps:
+    """What the HTTP layer may use: nothing else of the running controller reaches it."""
+
+    fleet: Fleet
+    health: Callable[[], dict[str, Any]]
+    registry: CollectorRegistry
+    cfg: ApiConfig
+    zones: tuple[str, ...]
+
+
+OPS: web.AppKey[ApiOps] = web.AppKey("ops")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def parse_time(text: str | None, default: float, now: float | None = None) -> float:
@@ -31,30 +52,38 @@ def parse_time(text: str | None, default: float, now: float | None = None) -> fl
     return float(text)
 
 
-def _bad(msg: str) -> web.HTTPBadRequest:
-    return web.HTTPBadRequest(text=_json_text({"error": msg}), content_type="application/json")
+def error(
+    cls: type[web.HTTPException], message: str, code: str = "bad_request", **kw: Any
+) -> web.HTTPException:
+    """The API's one error shape: {"error": what is wrong and what to do, "code": reason}."""
+    body = json.dumps({"error": message, "code": code})
+    return cls(text=body, content_type="application/json", **kw)
 
 
-def _json_text(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj)
+def _bad(message: str) -> web.HTTPException:
+    return error(web.HTTPBadRequest, message)
 
 
-def _auth(request: web.Request) -> None:
-    token = request.app[CTRL].cfg.api.token
-    if not token:
-        raise web.HTTPForbidden(
-            text=_json_text({"error": "write endpoints are off: set api.token to enable them"}),
-            content_type="application/json",
-        )
-    got = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
-        raise web.HTTPUnauthorized(
-            text=_json_text({"error": "send Authorization: Bearer <api.token>"}),
-            content_type="application/json",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+@web.middleware
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every write route (any method but GET/HEAD) needs `Authorization: Bearer <api.token>`."""
+    if request.method not in ("GET", "HEAD"):
+        token = request.app[OPS].cfg.token
+        if not token:
+            raise error(
+                web.HTTPForbidden,
+                "write endpoints are off: set api.token to enable them",
+                "writes_off",
+            )
+        got = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+            raise error(
+                web.HTTPUnauthorized,
+                "send Authorization: Bearer <api.token>",
+                "unauthorized",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    return await handler(request)
 
 
 def _bool(v: str | None) -> bool | None:
@@ -63,73 +92,40 @@ def _bool(v: str | None) -> bool | None:
     return v.lower() in ("1", "true", "yes")
 
 
+async def _json(request: web.Request) -> Any:
+    return await request.json() if request.can_read_body else {}
+
+
 async def health(request: web.Request) -> web.Response:
-    c = request.app[CTRL]
-    devs = c.core.devices.values()
-    return web.json_response(
-        {
-            "status": "ok",
-            "mqtt_connected": c.link.connected.is_set(),
-            "store": c.cfg.store.backend,
-            "devices": len(c.core.devices),
-            "online": sum(d.presence.online for d in devs),
-            "uptime_s": round(time.time() - c.started, 1),
-            "batched": len(c.batcher),
-            "ingest_p99_ms": c.p99_ms(),
-        }
-    )
+    return web.json_response(request.app[OPS].health())
 
 
 async def prometheus(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[CTRL].metrics.registry)
+    body = generate_latest(request.app[OPS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def list_devices(request: web.Request) -> web.Response:
-    c = request.app[CTRL]
     q = request.query
-    assert c.store is not None
-    recs = await c.db(
-        c.store.list_devices,
-        q.get("site"),
-        q.get("zone"),
-        q.get("kind"),
-        q.get("status"),
-        _bool(q.get("online")),
+    fleet = request.app[OPS].fleet
+    out = await fleet.list_devices(
+        q.get("site"), q.get("zone"), q.get("kind"), q.get("status"), _bool(q.get("online"))
     )
-    out = []
-    for r in recs:
-        d = r.public()
-        live = c.core.devices.get(r.id)
-        if live is not None:  # the cache is fresher than the last commit
-            d["online"] = live.presence.online
-            d["last_seen"] = live.presence.last_seen
-        out.append(d)
     return web.json_response(out)
 
 
 async def device_detail(request: web.Request) -> web.Response:
-    c = request.app[CTRL]
-    assert c.store is not None
     dev_id = request.match_info["id"]
-    rec = await c.db(c.store.get_device, dev_id)
-    if rec is None:
-        raise web.HTTPNotFound(
-            text=_json_text({"error": f"no device {dev_id}"}), content_type="application/json"
-        )
-    d = rec.public()
-    latest = await c.db(c.store.latest, dev_id)
-    d["latest"] = {pm.name(m): {"ts": ts, "value": v} for m, (ts, v) in sorted(latest.items())}
-    d["events"] = await c.db(c.store.device_events, dev_id, 20)
+    d = await request.app[OPS].fleet.device(dev_id)
+    if d is None:
+        raise error(web.HTTPNotFound, f"no device {dev_id}", "not_found")
     return web.json_response(d)
 
 
 async def register_device(request: web.Request) -> web.Response:
-    _auth(request)
-    c = request.app[CTRL]
     try:
         body = await request.json()
-        new = await c.register(
+        new = await request.app[OPS].fleet.register(
             str(body["id"]),
             str(body.get("site", "porto")),
             str(body["zone"]),
@@ -139,7 +135,7 @@ async def register_device(request: web.Request) -> web.Response:
     except (KeyError, ValueError, TypeError) as e:
         raise _bad(f"send JSON with id, zone, kind (and site, tags): {e}") from None
     except RegistryError as e:
-        raise _bad(str(e)) from None
+        raise error(web.HTTPBadRequest, str(e), e.code) from None
     return web.json_response(
         {
             "id": new.id,
@@ -156,73 +152,88 @@ async def register_device(request: web.Request) -> web.Response:
 async def list_zones(request: web.Request) -> web.Response:
     """The zones devices may be registered in (fleet.zones); [] means any well-formed name.
     `idufleet provision` asks before it creates anything."""
-    return web.json_response({"zones": list(request.app[CTRL].cfg.fleet.zones)})
+    return web.json_response({"zones": list(request.app[OPS].zones)})
+
+
+async def _set_status(request: web.Request, enable: bool) -> web.Response:
+    dev_id = request.match_info["id"]
+    fleet = request.app[OPS].fleet
+    try:
+        await (fleet.enable if enable else fleet.disable)(dev_id)
+    except RegistryError as e:
+        raise error(web.HTTPNotFound, str(e), "not_found") from None
+    return web.json_response({"id": dev_id, "status": "active" if enable else "disabled"})
 
 
 async def disable_device(request: web.Request) -> web.Response:
-    _auth(request)
-    c = request.app[CTRL]
-    try:
-        await c.disable(request.match_info["id"])
-    except RegistryError as e:
-        raise web.HTTPNotFound(
-            text=_json_text({"error": str(e)}), content_type="application/json"
-        ) from None
-    return web.json_response({"id": request.match_info["id"], "status": "disabled"})
+    return await _set_status(request, False)
+
+
+async def enable_device(request: web.Request) -> web.Response:
+    return await _set_status(request, True)
 
 
 async def send_command(request: web.Request) -> web.Response:
-    _auth(request)
-    c = request.app[CTRL]
+    fleet = request.app[OPS].fleet
     try:
         body = await request.json()
         args_in = body.get("args") or {}
         args = {int(k): v for k, v in args_in.items()}
         ttl = int(body.get("ttl", 60))
         wait = float(body.get("wait", 0))
-        cmd = await c.send_command(request.match_info["id"], body["op"], args or None, ttl)
+        cmd = await fleet.send_command(request.match_info["id"], body["op"], args or None, ttl)
     except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise _bad(
             f"send JSON with op (and args as {{field number: value}}, ttl, wait): {e}"
         ) from None
     except ControllerError as e:
-        raise _bad(str(e)) from None
+        raise error(web.HTTPBadRequest, str(e), e.code) from None
     if wait > 0:
-        settled = await c.wait_command(cmd["epoch"], cmd["seq"], min(wait, 60.0))
+        settled = await fleet.wait_command(cmd["epoch"], cmd["seq"], min(wait, MAX_WAIT_S))
         if settled is not None:
             cmd = settled
     return web.json_response(cmd, status=202 if cmd["status"] == "sent" else 200)
 
 
+async def rotate_key(request: web.Request) -> web.Response:
+    """POST /api/devices/{id}/rotate-key {grace, timeout}: 200 once the device confirmed."""
+    try:
+        body = await _json(request)
+        grace = float(body.get("grace", GRACE_S))
+        timeout = min(float(body.get("timeout", ACK_TIMEOUT_S)), MAX_ROTATE_WAIT_S)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise _bad(f"send JSON with grace and timeout seconds: {e}") from None
+    try:
+        out = await request.app[OPS].fleet.rotate_key(request.match_info["id"], grace, timeout)
+    except ControllerError as e:
+        raise error(web.HTTPConflict, str(e), e.code) from None
+    return web.json_response(out)
+
+
 async def get_command(request: web.Request) -> web.Response:
-    c = request.app[CTRL]
-    assert c.store is not None
-    cmd = await c.db(
-        c.store.get_command, int(request.match_info["epoch"]), int(request.match_info["seq"])
-    )
+    try:
+        epoch, seq = int(request.match_info["epoch"]), int(request.match_info["seq"])
+    except ValueError:
+        raise _bad("a command is /api/commands/EPOCH/SEQ, both integers") from None
+    cmd = await request.app[OPS].fleet.command(epoch, seq)
     if cmd is None:
-        raise web.HTTPNotFound(
-            text=_json_text({"error": "no such command"}), content_type="application/json"
-        )
+        raise error(web.HTTPNotFound, "no such command", "not_found")
     return web.json_response(cmd)
 
 
 async def presence(request: web.Request) -> web.Response:
-    c = request.app[CTRL]
-    assert c.store is not None
     try:
         since = parse_time(request.query.get("since"), 0.0)
         limit = int(request.query.get("limit", "1000"))
     except ValueError as e:
         raise _bad(f"since is unix seconds or like 6h; limit an integer ({e})") from None
-    rows = await c.db(c.store.presence_events, request.query.get("device"), since, limit)
+    rows = await request.app[OPS].fleet.presence(request.query.get("device"), since, limit)
     return web.json_response(rows)
 
 
 async def query_metrics(request: web.Request) -> web.Response:
     """?device=ID or ?zone=Z, &metric=name|id, &since=, &until=, &resolution=raw|hour."""
-    c = request.app[CTRL]
-    assert c.store is not None
+    fleet = request.app[OPS].fleet
     q = request.query
     device, zone = q.get("device"), q.get("zone")
     if (device is None) == (zone is None):
@@ -247,48 +258,50 @@ async def query_metrics(request: web.Request) -> web.Response:
         scope, key = ("zone", zone) if zone is not None else ("device", device)
         assert key is not None
         out[scope] = key
-        out["points"] = await c.db(c.store.hourly, scope, key, metric, since, until)
+        out["points"] = await fleet.hourly(scope, key, metric, since, until)
     elif resolution == "raw":
         if device is not None:
             out["device"] = device
-            pts = await c.db(c.store.raw_series, device, metric, since, until, limit)
+            pts = await fleet.raw_series(device, metric, since, until, limit)
             out["points"] = [{"ts": t, "value": v} for t, v in pts]
         else:
+            assert zone is not None
             out["zone"] = zone
-            zpts = await c.db(c.store.zone_raw_series, zone, metric, since, until, limit)
+            zpts = await fleet.zone_raw_series(zone, metric, since, until, limit)
             out["points"] = [{"ts": t, "device": d, "value": v} for t, d, v in zpts]
     else:
         raise _bad("resolution is raw or hour")
     return web.json_response(out)
 
 
-def make_app(controller: Controller) -> web.Application:
-    app = web.Application()
-    app[CTRL] = controller
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", prometheus)
-    app.router.add_get("/api/devices", list_devices)
-    app.router.add_post("/api/devices", register_device)
-    app.router.add_get("/api/devices/{id}", device_detail)
-    app.router.add_get("/api/zones", list_zones)
-    app.router.add_post("/api/devices/{id}/disable", disable_device)
-    app.router.add_post("/api/devices/{id}/commands", send_command)
-    app.router.add_get("/api/commands/{epoch}/{seq}", get_command)
-    app.router.add_get("/api/presence", presence)
-    app.router.add_get("/api/metrics", query_metrics)
-    from controller.provisioning import api as provisioning_api  # rotate-key (issue 5)
-
-    provisioning_api.register(app)
+def make_app(ops: ApiOps) -> web.Application:
+    """Every route of the API, in one table."""
+    app = web.Application(middlewares=[auth])
+    app[OPS] = ops
+    r = app.router
+    r.add_get("/health", health)
+    r.add_get("/metrics", prometheus)
+    r.add_get("/api/devices", list_devices)
+    r.add_post("/api/devices", register_device)
+    r.add_get("/api/devices/{id}", device_detail)
+    r.add_post("/api/devices/{id}/disable", disable_device)
+    r.add_post("/api/devices/{id}/enable", enable_device)
+    r.add_post("/api/devices/{id}/commands", send_command)
+    r.add_post("/api/devices/{id}/rotate-key", rotate_key)
+    r.add_get("/api/commands/{epoch}/{seq}", get_command)
+    r.add_get("/api/zones", list_zones)
+    r.add_get("/api/presence", presence)
+    r.add_get("/api/metrics", query_metrics)
     return app
 
 
-async def start_api(controller: Controller) -> tuple[web.AppRunner, int]:
+async def start_api(ops: ApiOps) -> tuple[web.AppRunner, int]:
     """Start the API on api.host:api.port (0: a free port); returns the runner and the port."""
-    runner = web.AppRunner(make_app(controller), access_log=None)
+    runner = web.AppRunner(make_app(ops), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, controller.cfg.api.host, controller.cfg.api.port)
+    site = web.TCPSite(runner, ops.cfg.host, ops.cfg.port)
     await site.start()
-    port = controller.cfg.api.port
+    port = ops.cfg.port
     for addr in runner.addresses:  # the real port when 0 was asked for
         port = addr[1]
     return runner, int(port)

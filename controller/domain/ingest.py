@@ -124,9 +124,6 @@ class IngestCore:
     def add(self, dev: DeviceState) -> None:
         self.devices[dev.id] = dev
 
-    def forget(self, device_id: str) -> None:
-        self.devices.pop(device_id, None)
-
     def ingest(
         self, topic: str, payload: bytes, now: float
     ) -> tuple[Accepted, PresenceEvent | None]:

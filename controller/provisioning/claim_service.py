@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from prometheus_client import CollectorRegistry, Counter
 
 from controller import registry
-from controller.errors import ControllerError, KeyWrapError
+from controller.errors import ControllerError, KeyWrapError, SecurityError, TransportError
 from controller.keys import MasterKey
 from controller.provisioning import tokens as T
 from controller.security import dynsec
-from controller.security.errors import SecurityError
 from controller.store.base import Store
+from controller.transport import blocking
+from controller.transport.blocking import BlockingClient
 from protocol import ProtocolError
 from protocol import claim as wire
 
@@ -229,67 +227,44 @@ class ClaimService:
         timeout: float = 10.0,
     ) -> None:
         self.responder = responder
-        self.host, self.port, self.timeout = host, port, timeout
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"idufleet-claim-{os.urandom(4).hex()}",
-            protocol=MQTTProtocolVersion.MQTTv311,
+        self._client = BlockingClient(
+            host,
+            port,
+            client_id or f"idufleet-claim-{os.urandom(4).hex()}",
+            REQ_FILTER,
+            self._on_message,
+            username=username,
+            password=password,
+            v5=False,
+            timeout=timeout,
         )
-        if username:
-            self._client.username_pw_set(username, password or None)
-        self._client.on_socket_open = self._on_socket_open
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
-        self._ready = threading.Event()
-        self._refused: int | None = None
         self._lock = threading.Lock()
         self.handled = 0
 
-    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        if rc.is_failure:
-            self._refused = int(rc.value)
-            self._ready.set()
-            return
-        client.subscribe(REQ_FILTER, qos=1)
-
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
-        if any(rc.is_failure for rc in rcs):
-            self._refused = 0x87
-        self._ready.set()
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _on_message(self, client: Any, topic: str, payload: bytes) -> None:
+        """paho's network thread: one request at a time, the answer published at QoS 1."""
         with self._lock:
             try:
-                out = self.responder.handle(msg.topic, bytes(msg.payload))
+                out = self.responder.handle(topic, payload)
             except Exception:  # keep serving the others; the board retries
-                log.exception("claim responder failed", extra={"topic": msg.topic[:80]})
+                log.exception("claim responder failed", extra={"topic": topic[:80]})
                 return
             self.handled += 1
         if out is not None:
             client.publish(out[0], out[1], qos=1)
 
     def start(self) -> ClaimService:
+        """Connect and subscribe. Raises TransportError naming the fix."""
         try:
-            self._client.connect(self.host, self.port, keepalive=30)
-        except OSError as e:
-            raise ControllerError(
-                f"claim service cannot reach {self.host}:{self.port} ({e}); is the broker up?",
-                "transport",
+            self._client.connect()
+        except TransportError as e:
+            if e.code == blocking.UNREACHABLE:
+                raise TransportError(f"claim service: {e}") from e
+            raise TransportError(
+                f"broker refused the claim service ({e}): check its account has the "
+                "idu-claim-responder role (`idufleet claim setup`)"
             ) from e
-        self._client.loop_start()
-        if not self._ready.wait(self.timeout) or self._refused is not None:
-            self.stop()
-            raise ControllerError(
-                f"broker refused the claim service (code {self._refused}): check its account "
-                "has the idu-claim-responder role (`idufleet claim setup`)",
-                "transport",
-            )
         return self
 
     def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._client.close()

@@ -2,18 +2,13 @@
 live connection, so the device's messages stop at the broker), then the registry entry (ingest
 refuses the device as disabled_device, which also catches what was already queued). Re-enabling
 is `idufleet broker device enable` + `idufleet device enable`; a stolen board should instead get
-a new identity (delete + provision)."""
+a new identity (delete + provision). The registry half is `Fleet.disable` behind
+`POST /api/devices/{id}/disable`; `idufleet device revoke` calls this, then that."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from controller.errors import ControllerError
+from controller.errors import ControllerError, SecurityError
 from controller.security import dynsec
-from controller.security.errors import SecurityError
-
-if TYPE_CHECKING:
-    from controller.app import Controller
 
 
 def revoke_broker(admin: dynsec.DynsecClient, device_id: str) -> None:
@@ -26,12 +21,3 @@ def revoke_broker(admin: dynsec.DynsecClient, device_id: str) -> None:
             "`idufleet broker device list`",
             "revoke",
         ) from e
-
-
-async def revoke(ctl: Controller, device_id: str, admin: dynsec.DynsecClient | None) -> None:
-    """Both steps from inside a running controller (admin None: a broker without accounts)."""
-    if admin is not None:
-        import asyncio
-
-        await asyncio.get_running_loop().run_in_executor(None, revoke_broker, admin, device_id)
-    await ctl.disable(device_id)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from controller.security.errors import BAD_HOST, CA_EXISTS, CA_MISSING, SecurityError
+from controller.errors import BAD_HOST, CA_EXISTS, CA_MISSING, SecurityError
 
 CA_DAYS = 3650  # the root lives ten years; rotating it means re-flashing every device's CA file
 SERVER_DAYS = 397  # what browsers accept; the broker's cert is cheap to reissue

@@ -1,10 +1,11 @@
 """Runtime broker accounts through Mosquitto's dynamic security plugin.
 
 Two halves: pure builders (the plugin's initial JSON document, the role and ACLs one device or the
-controller gets, the control commands that create/disable/delete them) and `DynsecClient`, a thin
-blocking paho adapter that sends a batch to `$CONTROL/dynamic-security/v1` and waits for the
-matching response. Mosquitto 2.0.11 does not expand `%c`/`%u` in role ACLs, so every device gets
-its own role (docs/SECURITY.md). Must not import controller domain/store code.
+controller gets, the control commands that create/disable/delete them) and `DynsecClient`, which
+sends a batch to `$CONTROL/dynamic-security/v1` over the shared blocking paho shell
+(controller.transport.blocking) and waits for the matching response. Mosquitto 2.0.11 does
+not expand `%c`/`%u` in role ACLs, so every device gets its own role (docs/SECURITY.md).
+Must not import controller domain/store code.
 """
 
 from __future__ import annotations
@@ -15,22 +16,21 @@ import itertools
 import json
 import os
 import secrets
-import socket
 import ssl
 import threading
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-from controller.security.errors import (
+from controller.errors import (
     BAD_NAME,
     CONNECT_FAILED,
     TIMEOUT,
     DynsecCommandError,
     SecurityError,
+    TransportError,
 )
+from controller.transport import blocking
+from controller.transport.blocking import BlockingClient
 from protocol import topics
 from protocol.errors import ProtocolError
 
@@ -241,44 +241,26 @@ class DynsecClient:
         timeout: float = 5.0,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"idufleet-dynsec-{secrets.token_hex(4)}",
-            protocol=MQTTProtocolVersion.MQTTv5,
+        self._client = BlockingClient(
+            host,
+            port,
+            f"idufleet-dynsec-{secrets.token_hex(4)}",
+            RESPONSE_TOPIC,
+            self._on_message,
+            username=username,
+            password=password,
+            tls=tls,
+            timeout=timeout,
         )
-        self._client.username_pw_set(username, password)
-        if tls is not None:
-            self._client.tls_set_context(tls)
-        self._client.on_socket_open = self._on_socket_open
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
         self._cond = threading.Condition()
-        self._connected: int | None = None  # reason code value once CONNACK arrived
-        self._subscribed: bool | None = None  # SUBACK result for the response topic
         self._responses: dict[str, Command] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    # paho callbacks (network thread)
-    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        with self._cond:
-            self._connected = int(rc.value)
-            self._cond.notify_all()
-        if int(rc.value) == 0:
-            client.subscribe(RESPONSE_TOPIC, qos=1)
-
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
-        with self._cond:
-            self._subscribed = all(int(rc.value) < 0x80 for rc in rcs)
-            self._cond.notify_all()
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _on_message(self, client: Any, topic: str, payload: bytes) -> None:
+        """paho's network thread: file each response under its correlation id."""
         try:
-            doc = json.loads(msg.payload)
+            doc = json.loads(payload)
             items = doc.get("responses", [])
         except (ValueError, AttributeError):
             return
@@ -290,40 +272,31 @@ class DynsecClient:
 
     def connect(self) -> DynsecClient:
         try:
-            self._client.connect(self.host, self.port, keepalive=30)
-        except (OSError, ssl.SSLError) as e:
-            raise SecurityError(
-                CONNECT_FAILED, f"cannot reach broker {self.host}:{self.port} ({e}); is it up?"
-            ) from e
-        self._client.loop_start()
-        with self._cond:
-            ok = self._cond.wait_for(
-                lambda: (
-                    self._connected is not None
-                    and (self._connected != 0 or self._subscribed is not None)
-                ),
-                self.timeout,
-            )
-        if not ok or self._connected != 0:
-            self.close()
-            why = "no answer" if not ok else f"reason code {self._connected}"
-            raise SecurityError(
-                CONNECT_FAILED,
-                f"broker {self.host}:{self.port} refused the dynsec admin login ({why}): "
-                "check the admin username and password",
-            )
-        if not self._subscribed:
-            self.close()
-            raise SecurityError(
-                CONNECT_FAILED,
-                f"this account may not use the dynamic-security API on {self.host}:{self.port}: "
-                "log in with the admin account",
-            )
+            self._client.connect()
+        except TransportError as e:
+            where = f"{self.host}:{self.port}"
+            if e.code == blocking.UNREACHABLE:
+                msg = str(e)
+            elif e.code == blocking.NOT_SUBSCRIBED:
+                msg = (
+                    f"this account may not use the dynamic-security API on {where}: "
+                    "log in with the admin account"
+                )
+            else:
+                why = (
+                    "no answer"
+                    if e.code == blocking.NO_ANSWER
+                    else (f"reason code {self._client.refused}")
+                )
+                msg = (
+                    f"broker {where} refused the dynsec admin login ({why}): "
+                    "check the admin username and password"
+                )
+            raise SecurityError(CONNECT_FAILED, msg) from e
         return self
 
     def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._client.close()
 
     def __enter__(self) -> DynsecClient:
         return self.connect()

@@ -17,6 +17,7 @@ one transaction serve them all):
 | retention.py | `prune_raw` |
 | schema.py | the migrations |
 | sqlite.py, postgres.py | the two backends |
+| thread.py | `StoreThread`, the one thread the controller runs every store call on |
 """
 
 from __future__ import annotations

@@ -240,7 +240,7 @@ def test_rejections_all_counted_but_logged_at_a_bounded_rate(
     ctl = Controller(Config(), MasterKey(bytes(32)))
     with caplog.at_level("WARNING", logger="idufleet.controller"):
         for _ in range(1000):
-            ctl._reject(Rejected("bad_tag", "x", "d1"), "idu/1/porto/d1/rep")
+            ctl.pipeline.reject(Rejected("bad_tag", "x", "d1"), "idu/1/porto/d1/rep")
     assert ctl.metrics.rejected_count("bad_tag") == 1000
     records = [r for r in caplog.records if r.getMessage() == "message rejected"]
     assert 1 <= len(records) <= 11  # the burst, plus at most one refill during the loop
