@@ -323,7 +323,9 @@ def shared_drain(
         while store.count("messages") < expected and time.monotonic() < deadline:
             time.sleep(0.05)
         done = time.time()  # all stored (committed), seen by polling the store
-        rows = store._execute("SELECT MIN(received), COUNT(*) FROM messages WHERE epoch = 3")
+        rows = store.conn.execute(  # type: ignore[attr-defined]  # sqlite3 or psycopg
+            "SELECT MIN(received), COUNT(*) FROM messages WHERE epoch = 3"
+        ).fetchall()
     finally:
         store.close()
         stop_all(ps)

@@ -4,8 +4,9 @@ dropped by the test), a master key, and a registered-device helper."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,16 @@ def drop(cfg: StoreConfig) -> None:
         s = PostgresStore(cfg.dsn, cfg.schema)
         s.drop_schema()
         s.close()
+
+
+def raw_sql(store: Store, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Plain SQL (? placeholders) on the store's own DB-API connection, for what no store method
+    shows or makes: what is at rest (no secret in clear) and states from older versions (a
+    newer schema, pre-migration rows). Autocommit, or inside `store.transaction()`."""
+    if store.backend == "postgres":
+        sql = sql.replace("?", "%s")
+    cur = store.conn.execute(sql, tuple(params))  # type: ignore[attr-defined]
+    return cur.fetchall() if cur.description is not None else []
 
 
 @pytest.fixture(params=BACKENDS)
