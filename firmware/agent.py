@@ -11,6 +11,7 @@ import sys
 import time
 
 import backoff
+import heap
 from link import Link, sleep_ms
 from micropython import const
 from ring import RingFile
@@ -51,19 +52,6 @@ REBOOT = const(75)  # a reboot command: main.py restarts the agent
 
 _SLOT = const(448)  # ring slot: 2-byte length + one signed REPORT/BATCH payload
 _HEALTH = (1, 2, 3, 5, 6)
-
-
-def unload(*names):
-    """Drop modules so their code can be collected (they are re-imported when next needed).
-    Protocol submodules are named without "protocol.": a constant of 10+ characters is a heap
-    object on a device, and these names are short enough to be interned instead."""
-    p = sys.modules.get("protocol")
-    for n in names:
-        sys.modules.pop(n, None)
-        sys.modules.pop("protocol." + n, None)
-        if p is not None and hasattr(p, n):
-            delattr(p, n)  # the package holds its submodules as attributes too
-    gc.collect()
 
 
 class Agent:
@@ -377,7 +365,7 @@ class Agent:
 
                 bootstate.mark(self.flash, bootstate.END_STABLE)
                 del bootstate
-                unload("bootstate")
+                heap.unload(heap.RECORD)
                 marked = True
             if not rx:
                 await sleep_ms(200)
@@ -385,12 +373,12 @@ class Agent:
             gc.collect()  # the command's code and data go into holes left by report garbage
             while rx:
                 topic, payload = rx.pop(0)
-                import inbox  # open and admit; unloaded before cmds loads to execute and ack
+                import inbox  # open and verify; unloaded before cmds loads to admit and ack
 
                 try:
                     m = inbox.handle(self, topic, payload)
                     del inbox, payload
-                    unload("inbox")
+                    heap.unload(heap.DECODER)
                     if m:
                         import cmds
 
@@ -399,16 +387,7 @@ class Agent:
                 except (OSError, MemoryError) as e:  # the ack was lost with the link, or
                     print("idu:", "command", repr(e))  # it did not fit: the controller retries
                 m = topic = payload = None
-                unload("inbox", "cmds")
-            unload(  # what a command may have left loaded (inbox and cmds go per message)
-                "tunables",
-                "bootstate",
-                "commands",
-                "downlink",
-                "codec",
-                "reader",
-                "errors",
-            )
+                heap.unload(heap.DECODER, heap.COMMAND)  # what a finished or failed one left
             if self.result != STOPPED:
                 self.stop = True  # a reboot command, now acked
 
@@ -473,7 +452,8 @@ class Agent:
             import bootstate
 
             bootstate.mark(self.flash, bootstate.END_REBOOT)
-            unload("bootstate")
+            del bootstate
+            heap.unload(heap.RECORD)
         return self.result
 
 
@@ -482,6 +462,7 @@ def run(flash, booted):
     agent's code is unloaded (main.py boots again); an ESP32 resets instead, and a crash
     resets it (exits 1 on the unix port). False when it stopped otherwise."""
     agent = Agent(flash, booted)
+    board = agent.board.__name__
     del booted
     gc.collect()
     # Collect after every few KiB allocated instead of only when the heap is full: short-lived
@@ -498,8 +479,7 @@ def run(flash, booted):
         sys.exit(1)
     if result != REBOOT:
         return False
-    for name in ("agent", "link", "mqtt_codec", "ring", "backoff", "board_sim"):
-        sys.modules.pop(name, None)  # the agent's code is freed before boot code loads again
     asyncio.new_event_loop().set_exception_handler(None)  # it held the old agent alive
+    heap.unload(heap.AGENT, (board,))  # the agent's code is freed before boot code loads again
     print("idu:", "soft", "reboot")
     return True

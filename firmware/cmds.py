@@ -1,10 +1,10 @@
 """Command admission, execution and acks, loaded once inbox.py has opened a downlink message and
-been unloaded (agent.py), and unloaded after the ack, so its code does not sit in the heap
-between commands. Admission (protocol.commands, the saved guard) and set_config (tunables) each
-unload their helper when done. An expired or replayed command is refused, counted and acked as
-such, never executed."""
+been unloaded (agent.py), and unloaded after the ack (heap.COMMAND), so its code does not sit in
+the heap between commands. Admission (heap.ADMIT: protocol.commands, the saved guard) and
+set_config (heap.SETTINGS: tunables) each unload their helper when done. An expired or replayed
+command is refused, counted and acked as such, never executed."""
 
-from agent import unload
+import heap
 from micropython import const
 
 # Wire numbers from protocol.messages, as const(): private consts cost no heap, while importing
@@ -133,7 +133,7 @@ def _admit(a, epoch, seq, ts, body):
 
     write(path, guard.dumps())
     del guard, CommandGuard, write
-    unload("commands", "bootstate")
+    heap.unload(heap.ADMIT)
     return _R_OK
 
 
@@ -172,7 +172,7 @@ def set_config(a, args):
         return _R_BAD_ARGS
     a.cfg_hash = t.config_hash(a.cfg, a.flash)
     del t
-    unload("tunables", "bootstate")
+    heap.unload(heap.SETTINGS)
     a.setup_metrics()
     return _R_OK
 

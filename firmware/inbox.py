@@ -1,9 +1,8 @@
-"""A downlink message's first step, loaded when one arrives and unloaded before cmds.py admits,
-executes and acks it (agent.py): open and verify it with protocol.downlink and the decoder, which
-are unloaded before this returns, so the heap never holds the decoder and the command code
-together. A bad tag or a malformed message is counted here and acked as refused by cmds.run."""
+"""A downlink message's first step, loaded when one arrives and unloaded with the decoder
+(heap.DECODER: protocol.downlink, protocol.reader) before cmds.py admits, executes and acks it
+(agent.py), so the heap never holds the decoder and the command code together. A bad tag or a
+malformed message is counted here and acked as refused by cmds.run."""
 
-from agent import unload
 from micropython import const
 
 # protocol.messages R_*
@@ -15,7 +14,7 @@ def handle(a, topic, payload):
     """Open one downlink message for agent a: (refusal, epoch, seq, ts, body) for cmds.run,
     which admits and executes it when refusal is 0 and acks it either way; None when it cannot
     even be named in an ack."""
-    from protocol.downlink import open_downlink  # local: unload() below can then free it
+    from protocol.downlink import open_downlink  # local: heap.DECODER frees it after return
 
     channel = bytes(topic[-3:]).decode()  # cmd, cfg or ota: the agent subscribes to no other
     try:
@@ -35,6 +34,4 @@ def handle(a, topic, payload):
             return
     _, epoch, seq, ts, body = m
     a.sample_heap()  # the decoder and the message are in the heap: a command's peak
-    del open_downlink
-    unload("downlink", "reader", "errors")
     return (_R_BAD_TAG if code == "bad_tag" else _R_BAD_ARGS) if code else 0, epoch, seq, ts, body

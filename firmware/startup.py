@@ -10,6 +10,7 @@ uses too, and messages longer than 10 characters (shorter str constants are inte
 import json
 import sys
 
+import heap
 from bootstate import END_STABLE, END_UNCLEAN, read_state, write, write_state
 from tunables import ConfigError, apply, bad, check_tunables, config_hash  # noqa: F401
 
@@ -150,12 +151,7 @@ def start(flash):
     except (OSError, ValueError, ConfigError, AttributeError):
         pass
     del unpackb
-    import protocol
-
-    for n in ("codec", "reader", "errors"):  # the decoder: needed again when a command arrives
-        sys.modules.pop("protocol." + n, None)
-        if hasattr(protocol, n):
-            delattr(protocol, n)
+    heap.unload(heap.DECODER)  # needed again only when a command arrives
     if cfg["broker"]["tls"] and cfg["broker"]["ca"]:
         cfg["broker"]["ca"] = ca_der(cfg["broker"]["ca"], flash)
     name = cfg["board"] or ("esp32" if sys.platform == "esp32" else "sim")

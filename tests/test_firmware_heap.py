@@ -1,10 +1,12 @@
-"""What keeps the agent's heap small stays true: the device loads only the protocol modules it
-uses, the firmware's private const() copies of wire numbers match protocol.messages, and the
-device's table-free downlink opener decides exactly like protocol.envelope.decode."""
+"""What keeps the agent's heap small stays true: each phase of the real agent leaves loaded only
+what the next one needs (firmware/heap.py), the device loads only the protocol modules it uses,
+the firmware's private const() copies of wire numbers match protocol.messages, and the device's
+table-free downlink opener decides exactly like protocol.envelope.decode."""
 
 from __future__ import annotations
 
 import re
+import runpy
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from protocol.downlink import open_downlink
 from protocol.envelope import Message, decode, encode
 from protocol.errors import ProtocolError
 from protocol.sign import Signer
+from tests.firmware.harness import Agent, Observer, make_flash
+from tests.support.broker import Broker
 from tests.support.upy import ROOT, run_upy
 from tools.firmware_build import build
 
@@ -113,3 +117,83 @@ def test_device_loads_only_the_protocol_it_uses() -> None:
         assert name not in with_cmds
     # a command reads with protocol.reader alone, and refuses with codes, not exceptions
     assert "protocol.codec" not in with_cmds and "protocol.errors" not in with_cmds
+
+
+# What each phase of the agent leaves in sys.modules (besides the test's own "main" wrapper).
+# Boot leaves the board and the writer (the config hash) for the agent; the agent adds its own
+# modules, asyncio and the signing path; a command's modules go with its ack; a soft reboot
+# returns to what main.py started with.
+AFTER_BOOT = {"heap", "protocol", "protocol.writer", "backoff", "board_sim"}
+STEADY = AFTER_BOOT | {
+    "agent",
+    "link",
+    "mqtt_codec",
+    "ring",
+    "asyncio",
+    "asyncio.core",
+    "protocol.compat",
+    "protocol.sealing",
+    "protocol.sign",
+}
+AFTER_PHASE = {
+    "BOOT": AFTER_BOOT,
+    "DECODER": STEADY,  # in the agent; boot's own DECODER is checked by the group rule only
+    "ADMIT": STEADY | {"cmds"},
+    "SETTINGS": STEADY | {"cmds"},
+    "DECODER,COMMAND": STEADY,
+    "RECORD": STEADY,
+    "AGENT,board_sim": {"heap", "protocol"},
+}
+
+
+def _phases(console: str) -> list[tuple[str, set[str]]]:
+    out = []
+    for line in console.splitlines():
+        if line.startswith("idu-phase "):
+            _, groups, modules = line.split(" ", 2)
+            out.append((groups, set(eval(modules)) - {"main"}))
+    return out
+
+
+def test_every_phase_unloads_what_it_loaded(broker: Broker, tmp_path: Path) -> None:
+    """The real agent (tests/firmware/phases.py wraps heap.unload to print sys.modules after each
+    call) boots, answers a ping, a set_config, a diagnostics, a malformed and a forged command,
+    then a reboot, and boots again: after every unload() the groups it named are gone and the
+    modules left are exactly the phase's set above."""
+    groups_of = runpy.run_path(str(FIRMWARE / "heap.py"))  # plain Python: runs here too
+    obs = Observer(broker.port).start()
+    flash = make_flash(tmp_path, "ap-ph", broker.port)
+    agent = Agent(flash, heap="256K", entry=ROOT / "tests" / "firmware" / "phases.py").start()
+    try:
+        obs.wait(lambda: obs.items("ap-ph", "birth"), 20, "birth")
+        for op, args in (
+            (M.OP_PING, None),
+            (M.OP_SET_CONFIG, {M.G_INTERVAL: 2}),
+            (M.OP_DIAGNOSTICS, None),
+        ):
+            _, seq, _ = obs.command("ap-ph", op, args)
+            assert obs.ack_for("ap-ph", seq).body[M.A_RESULT] == M.R_OK  # type: ignore[index]
+        obs.publish_raw("idu/1/porto/ap-ph/cmd", b"\x93\x01\x02")  # not an envelope
+        _, seq, _ = obs.command("ap-ph", M.OP_PING, key=bytes(32))  # forged
+        assert obs.ack_for("ap-ph", seq).body[M.A_RESULT] == M.R_BAD_TAG  # type: ignore[index]
+        _, seq, _ = obs.command("ap-ph", M.OP_REBOOT)
+        obs.ack_for("ap-ph", seq)
+        obs.wait(
+            lambda: sum(g == "BOOT" for g, _ in _phases(agent.console())) >= 2,
+            20,
+            "the second boot",
+        )
+    finally:
+        agent.kill()
+        obs.stop()
+    phases = _phases(agent.console())
+    seen = [g for g, _ in phases]
+    assert seen.count("BOOT") == 2 and "AGENT,board_sim" in seen, seen
+    assert {"ADMIT", "SETTINGS", "DECODER,COMMAND", "RECORD"} <= set(seen), seen
+    for i, (groups, modules) in enumerate(phases):
+        for name in groups.split(","):
+            for mod in groups_of.get(name, (name,)):
+                assert mod not in modules and "protocol." + mod not in modules, (i, groups, mod)
+        in_boot = groups == "DECODER" and "startup" in modules  # startup.py drops the decoder
+        if not in_boot:
+            assert modules == AFTER_PHASE[groups], (i, groups, sorted(modules))

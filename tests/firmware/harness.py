@@ -74,6 +74,7 @@ class Agent:
 
     flash: Path
     heap: str = HEAP
+    entry: Path = ROOT / "firmware" / "main.py"  # or a wrapper that runs it
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
 
@@ -91,7 +92,7 @@ class Agent:
                 micropython_binary(),
                 "-X",
                 f"heapsize={self.heap}",
-                str(ROOT / "firmware" / "main.py"),
+                str(self.entry),
                 str(self.flash),
             ],
             stdout=log,

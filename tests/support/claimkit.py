@@ -12,7 +12,7 @@ from pathlib import Path
 from tools import binaries
 
 ROOT = Path(__file__).resolve().parents[2]
-DEVICE_FIRMWARE = ("claim", "mqtt_codec")  # firmware/ modules the claim step imports
+DEVICE_FIRMWARE = ("claim", "heap", "mqtt_codec")  # firmware/ modules the claim step imports
 
 
 mpy_cross = binaries.mpy_cross
