@@ -93,7 +93,7 @@ def main() -> None:
             obs.ack_for(dev, seq)
             _, seq, _ = obs.command(dev, M.OP_DIAGNOSTICS)
             diag = obs.ack_for(dev, seq).body[M.A_DATA]  # type: ignore[index]
-            made = diag[12]
+            made = diag[M.DG_REPORTS]
             obs.wait(lambda: len(check_stream(obs, dev)[0]) >= made, 60, "the last reports")
             elapsed = time.monotonic() - t0
         except AssertionError:
@@ -134,7 +134,7 @@ def main() -> None:
         )
         for s in reps
     ) / len(reps)
-    heap = diag[2]
+    heap = diag[M.DG_HEAP_SIZE]
     print(
         json.dumps(
             {
@@ -144,18 +144,18 @@ def main() -> None:
                 "qos1_redeliveries_on_wire": wire_dups,
                 "lost": made - len({q for e, q in order if e == 1}),
                 "memory_errors": memory_errors,
-                "heap_high_water_bytes": diag[1],
-                "heap_peak_alloc_bytes": diag[14],
+                "heap_high_water_bytes": diag[M.DG_HEAP_HIGH_WATER],
+                "heap_peak_alloc_bytes": diag[M.DG_HEAP_PEAK],
                 "heap_idle_bytes": idle[1],
                 "heapsize_bytes": heap,
-                "heap_headroom_bytes": heap - diag[1],
+                "heap_headroom_bytes": heap - diag[M.DG_HEAP_HIGH_WATER],
                 "bytes_on_wire_per_report": round(wire, 1),
                 "payload_bytes_per_report": round(payload, 1),
                 "json_metrics_bytes_per_report_baseline": round(as_json, 1),
                 "outage_s": args.outage,
                 "tls": args.tls,
                 "buffered_at_reconnect": buffered,
-                "reconnects": diag[6],
+                "reconnects": diag[M.DG_RECONNECTS],
                 "elapsed_s": round(elapsed, 2),
             }
         )

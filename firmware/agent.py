@@ -89,7 +89,7 @@ class Agent:
         self.ready = False  # connected and birth sent
         self.stop = False  # main() winds down: a crash, or a reboot command acked
         self.reconnects = 0
-        self.refused = [0, 0, 0, 0]  # bad tag, expired, replay, malformed
+        self.refused = [0, 0, 0, 0]  # protocol.messages RF_*: bad tag, expired, replay, malformed
         self.reports = 0
         self.dropped_event = self.ring.state.dropped
         self.time_off = None  # unix - uptime learned from verified downlink ts (no RTC)

@@ -5,9 +5,11 @@ malformed message is counted here and acked as refused by cmds.run."""
 
 from micropython import const
 
-# protocol.messages R_*
+# protocol.messages R_* and RF_* (tests/test_firmware_heap.py checks they match)
 _R_BAD_ARGS = const(1)
 _R_BAD_TAG = const(5)
+_RF_BAD_TAG = const(0)
+_RF_MALFORMED = const(3)
 
 
 def handle(a, topic, payload):
@@ -24,7 +26,7 @@ def handle(a, topic, payload):
     code = None
     if isinstance(m, str):
         code = m
-        a.refused[0 if code == "bad_tag" else 3] += 1
+        a.refused[_RF_BAD_TAG if code == "bad_tag" else _RF_MALFORMED] += 1
         print("idu: refused downlink:", code)
         try:  # unverified: only to name the message in the ack
             m = open_downlink(payload, topic, channel, None)

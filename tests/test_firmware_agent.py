@@ -108,8 +108,10 @@ def test_commands_acked_and_refusals_counted(
     assert replay_acks[1].msg.body[M.A_RESULT] == M.R_REPLAY
     _, seq5, _ = obs.command("ap-2", M.OP_DIAGNOSTICS)
     diag = obs.ack_for("ap-2", seq5).body[M.A_DATA]  # type: ignore[index]
-    assert diag[8] == 1 and diag[9] == 1 and diag[10] == 1  # bad tag, expired, replay
-    assert 0 < diag[1] <= diag[2]  # heap high water within the heap
+    assert diag[M.DG_REFUSED_BAD_TAG] == 1
+    assert diag[M.DG_REFUSED_EXPIRED] == 1
+    assert diag[M.DG_REFUSED_REPLAY] == 1
+    assert 0 < diag[M.DG_HEAP_HIGH_WATER] <= diag[M.DG_HEAP_SIZE]
     _, seq6, _ = obs.command("ap-2", 99)
     assert obs.ack_for("ap-2", seq6).body[M.A_RESULT] == M.R_UNKNOWN_OP  # type: ignore[index]
 

@@ -27,16 +27,37 @@ KEY = bytes(range(32))
 SIGNER = Signer(KEY)
 
 
-def test_firmware_consts_match_messages() -> None:
-    checked = 0
+def _consts() -> list[tuple[str, str, int]]:
+    """(module file, name, value) of every decimal `NAME = const(n)` in firmware/*.py."""
+    out = []
     for path in sorted(FIRMWARE.glob("*.py")):
         for name, value in re.findall(
-            r"^_([A-Z][A-Z0-9_]*) = const\((-?\d+)\)", path.read_text(), re.M
+            r"^(_?[A-Z][A-Z0-9_]*) = const\((-?\d+)\)", path.read_text(), re.M
         ):
-            if hasattr(M, name):
-                assert getattr(M, name) == int(value), f"{path.name}: _{name}"
-                checked += 1
-    assert checked >= 40  # agent.py and cmds.py carry their wire numbers this way
+            out.append((path.name, name, int(value)))
+    return out
+
+
+def test_firmware_consts_match_messages() -> None:
+    checked = 0
+    for module, name, value in _consts():
+        if name.startswith("_") and hasattr(M, name[1:]):
+            assert getattr(M, name[1:]) == value, f"{module}: {name}"
+            checked += 1
+    assert checked >= 60  # agent.py, cmds.py, inbox.py and the boards carry wire numbers so
+
+
+def test_firmware_private_copies_match_the_public_const() -> None:
+    """A number one firmware module owns (agent.REBOOT) and another copies as a private const()
+    (cmds._REBOOT, to not import agent): the copy must say the same."""
+    public = {name: (module, value) for module, name, value in _consts() if name[0] != "_"}
+    checked = 0
+    for module, name, value in _consts():
+        if name.startswith("_") and name[1:] in public:
+            owner, want = public[name[1:]]
+            assert value == want, f"{module}: {name} = {value}, but {owner} says {want}"
+            checked += 1
+    assert checked >= 1
 
 
 def test_message_tables_name_the_topic_channels() -> None:

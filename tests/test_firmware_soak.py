@@ -36,7 +36,16 @@ def test_2000_reports_without_memory_error(broker: Broker, tmp_path: Path) -> No
     order, dups = check_stream(obs, "ap-soak")
     assert len(order) >= REPORTS and dups == 0
     heap = int(HEAP.rstrip("K")) * 1024
-    assert diag[2] <= heap  # heap size as the agent sees it
-    assert 0 < diag[1] < diag[2]  # live high water below the heap
-    assert diag[12] >= REPORTS and diag[7] == 0  # reports made, none dropped
-    print("heap", diag[2], "high water", diag[1], "peak", diag[14], "free", diag[0])
+    assert diag[M.DG_HEAP_SIZE] <= heap  # heap size as the agent sees it
+    assert 0 < diag[M.DG_HEAP_HIGH_WATER] < diag[M.DG_HEAP_SIZE]  # live high water below the heap
+    assert diag[M.DG_REPORTS] >= REPORTS and diag[M.DG_DROPPED] == 0  # reports made, none dropped
+    print(
+        "heap",
+        diag[M.DG_HEAP_SIZE],
+        "high water",
+        diag[M.DG_HEAP_HIGH_WATER],
+        "peak",
+        diag[M.DG_HEAP_PEAK],
+        "free",
+        diag[M.DG_HEAP_FREE],
+    )
