@@ -107,7 +107,7 @@ class Agent:
     def setup_metrics(self):
         cfg = self.cfg
         ids = []
-        for i in _HEALTH + tuple(range(16, 30) if cfg["kind"] == "ap" else range(48, 64)):
+        for i in _HEALTH + tuple(self.board.measures):  # the board says what it measures
             if cfg["metrics"] is None or i in cfg["metrics"]:
                 ids.append(i)
         n = len(ids)
@@ -462,7 +462,7 @@ def run(flash, booted):
     agent's code is unloaded (main.py boots again); an ESP32 resets instead, and a crash
     resets it (exits 1 on the unix port). False when it stopped otherwise."""
     agent = Agent(flash, booted)
-    board = agent.board.__name__
+    board = agent.board
     del booted
     gc.collect()
     # Collect after every few KiB allocated instead of only when the heap is full: short-lived
@@ -471,15 +471,13 @@ def run(flash, booted):
     gc.threshold(4096)
     result = asyncio.run(agent.main())
     del agent
-    if result == CRASHED or (result == REBOOT and sys.platform == "esp32"):
-        if sys.platform == "esp32":
-            import machine
-
-            machine.reset()
+    if result == CRASHED or result == REBOOT:
+        board.reset()  # hardware restarts here; the unix port goes on
+    if result == CRASHED:
         sys.exit(1)
     if result != REBOOT:
         return False
     asyncio.new_event_loop().set_exception_handler(None)  # it held the old agent alive
-    heap.unload(heap.AGENT, (board,))  # the agent's code is freed before boot code loads again
+    heap.unload(heap.AGENT, (board.__name__,))  # the agent's code is freed before boot runs
     print("idu:", "soft", "reboot")
     return True

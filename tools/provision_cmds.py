@@ -357,7 +357,7 @@ def provision(
         "kind": kind,
         "key": reg["key"],
         "broker": broker_block(broker_host, bport, device_id, password),
-        "board": board_name if board_name == "esp32" else "sim",
+        "board": F.board(board_name).name,
     }
     if out is not None:
         _write_secret_json(out, cfg)
