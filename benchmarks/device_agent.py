@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from controller.provisioning.bundles import broker_block
 from controller.security import ca
 from protocol import messages as M
 from protocol.replay import ReplayWindow
@@ -54,16 +55,8 @@ def main() -> None:
                 f"certfile {cadir / 'server.crt'}",
                 f"keyfile {cadir / 'server.key'}",
             ]
-            link = {
-                "broker": {
-                    "host": "127.0.0.1",
-                    "port": tls_port,
-                    "tls": True,
-                    "ca": str(cadir / "ca.crt"),
-                    "username": None,
-                    "password": None,
-                }
-            }
+            ca_file = str(cadir / "ca.crt")
+            link = {"broker": broker_block("127.0.0.1", tls_port, "ap-bench", None, True, ca_file)}
         broker = Broker(root / "broker", extra=extra)
         broker.start()
         obs = Observer(broker.port, persistent=True).start()

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from esptool.bin_image import ELFSection, ESP32FirmwareImage, ESP32S3FirmwareImage
 
+from controller.provisioning.bundles import broker_block, device_bundle
 from tests.support.pty_device import PtyDevice
 from tests.support.upy import micropython_binary
 from tools import flash as F
@@ -32,22 +33,8 @@ def snapshot(d: Path) -> dict[str, str]:
 
 
 def make_bundle(tmp: Path, device: str = "ap-0001", mode: int = 0o600) -> Path:
-    doc = {
-        "device": device,
-        "site": "porto",
-        "zone": "ribeira",
-        "kind": "ap",
-        "key": "ab" * 32,
-        "broker": {
-            "host": "127.0.0.1",
-            "port": 1883,
-            "tls": False,
-            "ca": None,
-            "username": device,
-            "password": "s3cret-pw",
-        },
-        "board": "sim",
-    }
+    broker = broker_block("127.0.0.1", 1883, device, "s3cret-pw")
+    doc = device_bundle(device, "porto", "ribeira", "ap", b"\xab" * 32, broker, board="sim")
     p = tmp / f"bundle-{device}.json"
     p.write_text(json.dumps(doc))
     p.chmod(mode)

@@ -122,24 +122,20 @@ def sim_config(
     speed: float = 1.0,
 ) -> dict[str, object]:
     """A config.json for the sim board (docs/DEVICE-CONFIG.md)."""
-    return {
-        "device": device,
-        "site": site,
-        "zone": zone,
-        "kind": kind,
-        "key": key_hex,
-        "broker": {
-            "host": host,
-            "port": port,
-            "tls": False,
-            "ca": None,
-            "username": device,
-            "password": None,
-        },
-        "board": "sim",
-        "interval": interval,
-        "sim": {"speed": speed, "seed": 1},
-    }
+    from controller.provisioning.bundles import broker_block, device_bundle
+
+    broker = broker_block(host, port, device, None)
+    return device_bundle(
+        device,
+        site,
+        zone,
+        kind,
+        bytes.fromhex(key_hex),
+        broker,
+        board="sim",
+        interval=interval,
+        sim={"speed": speed, "seed": 1},
+    )
 
 
 @firmware_group.command("run")

@@ -18,6 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from controller.provisioning.bundles import broker_block, device_bundle
 from protocol import messages as M
 from protocol import topics
 from protocol.envelope import Message, decode, encode
@@ -40,30 +41,18 @@ def key_for(device: str) -> bytes:
 def make_flash(root: Path, name: str, port: int, kind: str = "ap", **extra: Any) -> Path:
     """A flash directory holding config.json for device `name`; extra keys override or add
     fields (even "device", to test validation)."""
-    device = name
     flash = root / name
     flash.mkdir(parents=True, exist_ok=True)
-    cfg: dict[str, Any] = {
-        "device": device,
-        "site": SITE,
-        "zone": "ribeira",
-        "kind": kind,
-        "key": key_for(device).hex(),
-        "broker": {
-            "host": "127.0.0.1",
-            "port": port,
-            "tls": False,
-            "ca": None,
-            "username": device,
-            "password": None,
-        },
+    defaults: dict[str, Any] = {
         "interval": 1,
         "keepalive": 10,
         "backoff": {"base_ms": 200, "cap_ms": 2000},
         "replay_rate": 200,
         "sim": {"speed": 20, "seed": 7},
     }
-    cfg.update(extra)
+    broker = broker_block("127.0.0.1", port, name, None)
+    cfg = device_bundle(name, SITE, "ribeira", kind, key_for(name), broker, **defaults)
+    cfg.update(extra)  # after: extra may replace the identity too
     (flash / "config.json").write_text(json.dumps(cfg))
     return flash
 
