@@ -17,7 +17,7 @@ import mqtt_codec as mq
 from micropython import const
 
 _BUF = const(1280)
-_WAIT_MS = const(8000)  # for the answer, per attempt
+_WAIT_MS = const(8000)  # for the answer, per attempt (default of the bundle's claim.wait_ms)
 _KEYFILE = "/claim.key"  # the board's claim private key: kept across reboots until claimed
 
 
@@ -73,6 +73,9 @@ def _check(raw):
     sec = c.get("secret")
     if not isinstance(tid, str) or not isinstance(sec, str) or len(sec) != 32:
         raise ClaimFailed("config: claim.id / claim.secret malformed: rewrite the bundle")
+    wait = c.get("wait_ms", _WAIT_MS)
+    if not isinstance(wait, int) or wait < 1:
+        raise ClaimFailed("config: claim.wait_ms must be an int >= 1: rewrite the bundle")
     import binascii
 
     try:
@@ -82,7 +85,7 @@ def _check(raw):
     for k in ("host", "port", "username"):
         if k not in b:
             raise ClaimFailed("config: field 'broker.%s' is missing" % k)
-    return tid, secret, b
+    return tid, secret, b, wait
 
 
 def _keypair(flash):
@@ -103,7 +106,7 @@ def _keypair(flash):
 def run(flash, raw, attempts=0, retry_ms=2000):
     from protocol import claim as wire
 
-    tid, secret, broker = _check(raw)
+    tid, secret, broker, wait_ms = _check(raw)
     priv, pub = _keypair(flash)
     resp_topic = wire.topic(tid, wire.RESP)
     board = raw.get("board") or "sim"
@@ -114,7 +117,7 @@ def run(flash, raw, attempts=0, retry_ms=2000):
         nonce = os.urandom(16)
         t, payload = wire.encode_request(tid, secret, nonce, pub, board)
         try:
-            got = _exchange(broker, tid, t, payload, resp_topic)
+            got = _exchange(broker, tid, t, payload, resp_topic, wait_ms)
         except OSError as e:
             log("attempt", n, "failed:", e)
             got = None
@@ -208,9 +211,9 @@ def _send(s, poller, data):
         mv = mv[n:]
 
 
-def _exchange(broker, tid, req_topic, payload, resp_topic):
+def _exchange(broker, tid, req_topic, payload, resp_topic, wait_ms):
     """One connection: CONNECT, SUBSCRIBE to the answer, PUBLISH the request, collect answers
-    until one arrives or _WAIT_MS passes. Returns the list of answer payloads (may be empty).
+    until one arrives or wait_ms passes. Returns the list of answer payloads (may be empty).
     Non-blocking reads: MicroPython's blocking readinto() waits for a full buffer."""
     import select
 
@@ -235,7 +238,7 @@ def _exchange(broker, tid, req_topic, payload, resp_topic):
         _send(s, poller, memoryview(buf)[:n])
         n = mq.subscribe(buf, 1, (topic_b,), 1)
         _send(s, poller, memoryview(buf)[:n])
-        deadline = time.ticks_add(time.ticks_ms(), _WAIT_MS)
+        deadline = time.ticks_add(time.ticks_ms(), wait_ms)
         sent = False
         while not out:
             left = time.ticks_diff(deadline, time.ticks_ms())

@@ -41,8 +41,9 @@ AGENT = (
     "asyncio",
     "asyncio.core",
 )
-# The claim step (claim.py), done before the agent's first boot.
-CLAIM = ("claim", "mqtt_codec", "codec", "reader", "errors")
+# The claim step (claim.py), done before the agent's first boot, which then starts from the
+# same modules as a board that never claimed.
+CLAIM = ("claim", "mqtt_codec", "codec", "reader", "errors", "compat", "writer")
 
 
 def unload(*groups):

@@ -53,6 +53,9 @@ def validate(raw):
     pw = b.get("password")
     if pw is not None and not isinstance(pw, str):
         raise bad("broker.password", "must be a string or null")
+    wait = b.get("wait_ms", 10000)  # production: 10 s; tests wait less for what they provoke
+    if not isinstance(wait, int) or wait < 1:
+        raise bad("broker.wait_ms", "must be an int >= 1")
     cfg["broker"] = {
         "host": _get(b, "broker.host", str),
         "port": _get(b, "broker.port", int),
@@ -60,6 +63,7 @@ def validate(raw):
         "ca": b.get("ca"),
         "username": b.get("username") or cfg["device"],
         "password": pw,
+        "wait_ms": wait,
     }
     if "wifi" in raw:
         w = _get(raw, "wifi", dict)

@@ -5,6 +5,7 @@ table-free downlink opener decides exactly like protocol.envelope.decode."""
 
 from __future__ import annotations
 
+import json
 import re
 import runpy
 from pathlib import Path
@@ -18,7 +19,7 @@ from protocol.envelope import Message, decode, encode
 from protocol.errors import ProtocolError
 from protocol.sign import Signer
 from tests.firmware.harness import Agent, Observer, make_flash
-from tests.support.broker import Broker
+from tests.support.broker import Broker, free_port
 from tests.support.upy import ROOT, run_upy
 from tools.firmware_build import build
 
@@ -218,3 +219,43 @@ def test_every_phase_unloads_what_it_loaded(broker: Broker, tmp_path: Path) -> N
         in_boot = groups == "DECODER" and "startup" in modules  # startup.py drops the decoder
         if not in_boot:
             assert modules == AFTER_PHASE[groups], (i, groups, sorted(modules))
+
+
+CLAIM_SCRIPT = """
+import sys
+import heap
+
+unload = heap.unload
+
+
+def watched(*groups):
+    unload(*groups)
+    print("idu-phase", sorted(sys.modules))
+
+
+heap.unload = watched
+import claim
+
+try:
+    claim.ensure(sys.argv[1], 1, 10)
+except claim.ClaimFailed as e:
+    print("FAILED", e)
+"""
+
+
+def test_claim_step_unloads_what_it_loaded(tmp_path: Path) -> None:
+    """A board with a claim bundle whose broker is unreachable: claim.ensure gives up, and its
+    heap.CLAIM leaves only what main.py started with, so boot then starts as on any board."""
+    mpy = build()
+    flash = tmp_path / "board"
+    flash.mkdir()
+    port = free_port()  # nothing listens there
+    broker = {"host": "127.0.0.1", "port": port, "username": "claim", "password": "x"}
+    claim = {"id": "0123456789abcdef", "secret": "00" * 16, "wait_ms": 200}
+    (flash / "config.json").write_text(json.dumps({"kind": "ap", "claim": claim, "broker": broker}))
+    script = tmp_path / "claim_phase.py"  # a file: `-c` text costs heap too
+    script.write_text(CLAIM_SCRIPT)
+    res = run_upy(script, str(flash), heap="256K", path=[mpy, Path(".frozen")]).check()
+    assert "FAILED no answer" in res.stdout, res.stdout
+    phases = [ln for ln in res.stdout.splitlines() if ln.startswith("idu-phase ")]
+    assert len(phases) == 1 and set(eval(phases[0].split(" ", 1)[1])) == {"heap", "protocol"}

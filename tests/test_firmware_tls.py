@@ -5,7 +5,6 @@ restarts; an agent trusting another CA never gets through."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,13 +51,14 @@ def test_agent_over_tls(broker_factory: Callable[..., Broker], tmp_path: Path) -
     ).start()
     try:
         obs.wait(lambda: len(obs.reports("ap-tls")) >= 5, 30, "reports over TLS")
-        time.sleep(1.0)
+        obs.wait(lambda: "link down" in bad.console(), 30, "the rogue agent's TLS failure")
         assert not obs.items("ap-rogue")
         assert not obs.bad
         # a broker restart: the agent reconnects over TLS (in its 64 KiB heap, after running
         # a while) and the reports made meanwhile arrive
+        downs = good.console().count("link down")
         broker.stop()
-        time.sleep(1.0)
+        obs.wait(lambda: good.console().count("link down") > downs, 30, "the agent sees it")
         broker.start()
         try:
             obs.wait(lambda: len(obs.items("ap-tls", "birth")) >= 2, 30, "birth after a restart")

@@ -122,6 +122,7 @@ class Observer:
     port: int
     seen: list[Seen] = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)
+    cleared: list[tuple[float, str]] = field(default_factory=list)  # retained DEATHs deleted
     lock: threading.Lock = field(default_factory=threading.Lock)
     client: Any = None
     cmd_seq: int = 0
@@ -144,14 +145,18 @@ class Observer:
 
     def stop(self) -> None:
         if self.client is not None:
-            self.client.loop_stop()
+            # DISCONNECT first: the network thread then ends at once, where loop_stop() alone
+            # waits out its select() (1 s per test)
             self.client.disconnect()
+            self.client.loop_stop()
 
     def _on_message(self, _c: Any, _u: Any, m: Any) -> None:
         parts = m.topic.split("/")
         if len(parts) != 5 or parts[4] in ("cmd", "cfg", "ota"):
             return
         if topics.is_death_clear(m.topic, m.payload):
+            with self.lock:
+                self.cleared.append((time.monotonic(), parts[3]))
             return
         try:
             msg = decode(m.payload, m.topic, Signer(key_for(parts[3])))
@@ -228,6 +233,17 @@ class Observer:
 
         msg: Message = self.wait(find, timeout, f"ack of command {seq} from {device}")
         return msg
+
+
+def ring_count(flash: Path) -> int:
+    """Reports waiting in a (running) agent's flash ring; 0 while it rewrites the header."""
+    import struct
+
+    try:
+        hdr = (flash / "ring.hdr").read_bytes()
+    except FileNotFoundError:
+        return 0
+    return struct.unpack("<IIII", hdr)[2] if len(hdr) == 16 else 0
 
 
 def ring_entries(flash: Path) -> list[Message]:
