@@ -365,7 +365,7 @@ class Agent:
 
                 bootstate.mark(self.flash, bootstate.END_STABLE)
                 del bootstate
-                heap.unload(heap.RECORD)
+                heap.unload("RECORD")
                 marked = True
             if not rx:
                 await sleep_ms(200)
@@ -378,7 +378,7 @@ class Agent:
                 try:
                     m = inbox.handle(self, topic, payload)
                     del inbox, payload
-                    heap.unload(heap.DECODER)
+                    heap.unload("DECODER")
                     if m:
                         import cmds
 
@@ -387,7 +387,7 @@ class Agent:
                 except (OSError, MemoryError) as e:  # the ack was lost with the link, or
                     print("idu:", "command", repr(e))  # it did not fit: the controller retries
                 m = topic = payload = None
-                heap.unload(heap.DECODER, heap.COMMAND)  # what a finished or failed one left
+                heap.unload("DECODER", "COMMAND")  # what a finished or failed one left
             if self.result != STOPPED:
                 self.stop = True  # a reboot command, now acked
 
@@ -453,7 +453,7 @@ class Agent:
 
             bootstate.mark(self.flash, bootstate.END_REBOOT)
             del bootstate
-            heap.unload(heap.RECORD)
+            heap.unload("RECORD")
         return self.result
 
 
@@ -478,6 +478,6 @@ def run(flash, booted):
     if result != REBOOT:
         return False
     asyncio.new_event_loop().set_exception_handler(None)  # it held the old agent alive
-    heap.unload(heap.AGENT, (board.__name__,))  # the agent's code is freed before boot runs
+    heap.unload("AGENT", board.__name__)  # the agent's code is freed before boot runs
     print("idu:", "soft", "reboot")
     return True

@@ -1,5 +1,5 @@
 """The board table: every board the firmware runs on, one row each. startup.py reads it at boot
-(and unloads it: heap.BOOT) to load the board module; the flash tool and provisioning read the
+(and unloads it: heap.py BOOT) to load the board module; the flash tool and provisioning read the
 same file on CPython (tools/flash.py) for the chip, the image and the bytecode architecture.
 
 Adding a board: write its module to the contract in firmware/board.pyi (functions, units, and

@@ -49,7 +49,7 @@ def ensure(flash, attempts=0, retry_ms=2000):
     finally:
         import heap
 
-        heap.unload(heap.CLAIM)  # protocol.claim alone is about 12 KiB on the 64-bit unix port
+        heap.unload("CLAIM")  # protocol.claim alone is about 12 KiB on the 64-bit unix port
     return True
 
 

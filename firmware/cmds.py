@@ -1,7 +1,7 @@
 """Command admission, execution and acks, loaded once inbox.py has opened a downlink message and
-been unloaded (agent.py), and unloaded after the ack (heap.COMMAND), so its code does not sit in
-the heap between commands. Admission (heap.ADMIT: protocol.commands, the saved guard) and
-set_config (heap.SETTINGS: tunables) each unload their helper when done. An expired or replayed
+been unloaded (agent.py), and unloaded after the ack (heap.py COMMAND), so its code does not sit in
+the heap between commands. Admission (heap.py ADMIT: protocol.commands, the saved guard) and
+set_config (heap.py SETTINGS: tunables) each unload their helper when done. An expired or replayed
 command is refused, counted and acked as such, never executed."""
 
 import heap
@@ -141,7 +141,7 @@ def _admit(a, epoch, seq, ts, body):
 
     write(path, guard.dumps())
     del guard, CommandGuard, write
-    heap.unload(heap.ADMIT)
+    heap.unload("ADMIT")
     return _R_OK
 
 
@@ -180,7 +180,7 @@ def set_config(a, args):
         return _R_BAD_ARGS
     a.cfg_hash = t.config_hash(a.cfg, a.flash)
     del t
-    heap.unload(heap.SETTINGS)
+    heap.unload("SETTINGS")
     a.setup_metrics()
     return _R_OK
 

@@ -1,5 +1,5 @@
 """A downlink message's first step, loaded when one arrives and unloaded with the decoder
-(heap.DECODER: protocol.downlink, protocol.reader) before cmds.py admits, executes and acks it
+(heap.py DECODER: protocol.downlink, protocol.reader) before cmds.py admits, executes and acks it
 (agent.py), so the heap never holds the decoder and the command code together. A bad tag or a
 malformed message is counted here and acked as refused by cmds.run."""
 
@@ -16,7 +16,7 @@ def handle(a, topic, payload):
     """Open one downlink message for agent a: (refusal, epoch, seq, ts, body) for cmds.run,
     which admits and executes it when refusal is 0 and acks it either way; None when it cannot
     even be named in an ack."""
-    from protocol.downlink import open_downlink  # local: heap.DECODER frees it after return
+    from protocol.downlink import open_downlink  # local: unloaded with DECODER after return
 
     channel = bytes(topic[-3:]).decode()  # cmd, cfg or ota: the agent subscribes to no other
     try:

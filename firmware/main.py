@@ -25,9 +25,9 @@ def main():
 
         flash, booted = startup.run()
         del startup
-        heap.unload(heap.BOOT)  # boot-only code: freed before the agent loads
+        heap.unload("BOOT")  # boot-only code: freed before the agent loads
         if booted is None:  # provisioned with a claim bundle: fetch the identity, boot again
-            __import__("claim").boot(flash)  # unloads heap.CLAIM itself
+            __import__("claim").boot(flash)  # unloads heap.py CLAIM itself
         elif not __import__("agent").run(flash, booted):
             return
         del booted

@@ -172,7 +172,7 @@ def start(flash):
     except (OSError, ValueError, ConfigError, AttributeError):
         pass
     del unpackb
-    heap.unload(heap.DECODER)  # needed again only when a command arrives
+    heap.unload("DECODER")  # needed again only when a command arrives
     if cfg["broker"]["tls"] and cfg["broker"]["ca"]:
         cfg["broker"]["ca"] = ca_der(cfg["broker"]["ca"], flash)
     board = load_board(cfg["board"])

@@ -182,7 +182,8 @@ def test_every_phase_unloads_what_it_loaded(broker: Broker, tmp_path: Path) -> N
     call) boots, answers a ping, a set_config, a diagnostics, a malformed and a forged command,
     then a reboot, and boots again: after every unload() the groups it named are gone and the
     modules left are exactly the phase's set above."""
-    groups_of = runpy.run_path(str(FIRMWARE / "heap.py"))  # plain Python: runs here too
+    table = runpy.run_path(str(FIRMWARE / "heap.py"))["_GROUPS"]  # plain Python: runs here too
+    groups_of = {ln.split()[0]: ln.split()[1:] for ln in table.strip().splitlines()}
     obs = Observer(broker.port).start()
     flash = make_flash(tmp_path, "ap-ph", broker.port)
     agent = Agent(flash, heap="256K", entry=ROOT / "tests" / "firmware" / "phases.py").start()
@@ -214,7 +215,7 @@ def test_every_phase_unloads_what_it_loaded(broker: Broker, tmp_path: Path) -> N
     assert {"ADMIT", "SETTINGS", "DECODER,COMMAND", "RECORD"} <= set(seen), seen
     for i, (groups, modules) in enumerate(phases):
         for name in groups.split(","):
-            for mod in groups_of.get(name, (name,)):
+            for mod in groups_of.get(name, [name]):
                 assert mod not in modules and "protocol." + mod not in modules, (i, groups, mod)
         in_boot = groups == "DECODER" and "startup" in modules  # startup.py drops the decoder
         if not in_boot:
@@ -245,7 +246,7 @@ except claim.ClaimFailed as e:
 
 def test_claim_step_unloads_what_it_loaded(tmp_path: Path) -> None:
     """A board with a claim bundle whose broker is unreachable: claim.ensure gives up, and its
-    heap.CLAIM leaves only what main.py started with, so boot then starts as on any board."""
+    heap.py CLAIM leaves only what main.py started with, so boot then starts as on any board."""
     mpy = build()
     flash = tmp_path / "board"
     flash.mkdir()

@@ -11,16 +11,9 @@ import heap  # noqa: E402
 _unload = heap.unload
 
 
-def _name(g):
-    for k in dir(heap):
-        if getattr(heap, k) is g:
-            return k
-    return "+".join(g)  # a group built at the call site (the board module)
-
-
-def _watched(*groups):
-    _unload(*groups)
-    print("idu-phase", ",".join(_name(g) for g in groups), sorted(sys.modules))
+def _watched(*names):
+    _unload(*names)
+    print("idu-phase", ",".join(names), sorted(sys.modules))
 
 
 heap.unload = _watched
