@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.support.broker import free_port, wait_port
+from tests.support.broker import MOSQUITTO, free_port, wait_port
 from tests.support.secure_broker import Peer
-from tools import binaries
 from tools.cli import cli
 
 
@@ -36,9 +35,7 @@ def broker_dir(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
     r = runner.invoke(cli, args)
     assert r.exit_code == 0, r.output
     log = open(tmp_path / "mosquitto.log", "wb")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        [binaries.mosquitto(), "-c", str(bdir / "mosquitto.conf")], stdout=log, stderr=log
-    )
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(bdir / "mosquitto.conf")], stdout=log, stderr=log)
     log.close()
     try:
         wait_port(port)

@@ -14,6 +14,14 @@ from pathlib import Path
 from tools import binaries
 
 
+def __getattr__(name: str) -> str:
+    """MOSQUITTO, the broker binary, found when first asked for (tools.binaries), so importing
+    this module never fails on a machine still being set up."""
+    if name == "MOSQUITTO":
+        return binaries.mosquitto()
+    raise AttributeError(name)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
