@@ -8,10 +8,12 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.errors import ControllerError
-from controller.provisioning.tokens import IssuedToken
+
+if TYPE_CHECKING:  # a type only: tokens imports the registry, which builds bundles here
+    from controller.provisioning.tokens import IssuedToken
 
 
 class BundleError(ControllerError):
@@ -34,6 +36,26 @@ def broker_block(
         "username": username,
         "password": password,
     }
+
+
+def device_bundle(
+    device: str, site: str, zone: str, kind: str, key: bytes, broker: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """The config.json a device boots with (docs/DEVICE-CONFIG.md): its identity, its HMAC key
+    and the broker block (broker_block()), then optional agent fields from extra (interval,
+    board, keepalive, sim...; a key in extra replaces the one above). The one place a full
+    bundle is assembled: the registry, provisioning, the firmware tools, the demo and the tests
+    all call it. Not validated here: the agent refuses a bad one naming the field."""
+    cfg: dict[str, Any] = {
+        "device": device,
+        "site": site,
+        "zone": zone,
+        "kind": kind,
+        "key": key.hex(),
+        "broker": dict(broker),
+    }
+    cfg.update(extra)
+    return cfg
 
 
 def claim_bundle(token: IssuedToken, broker: dict[str, Any], **extra: Any) -> dict[str, Any]:
