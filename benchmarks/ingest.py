@@ -93,7 +93,9 @@ log_type warning
 listener {port} 127.0.0.1
 """
     )
-    mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    from tools.binaries import mosquitto
+
+    mosq = mosquitto()
     log = open(workdir / "mosquitto.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen([mosq, "-c", str(conf)], stdout=log, stderr=log)
     for _ in range(200):
