@@ -8,12 +8,25 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from controller.errors import ControllerError
 
-if TYPE_CHECKING:  # a type only: tokens imports the registry, which builds bundles here
-    from controller.provisioning.tokens import IssuedToken
+
+class ClaimToken(Protocol):
+    """What a claim bundle needs of a token (tokens.IssuedToken has it). A protocol, not an
+    import: tokens imports the registry, which builds its bundles here."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def secret(self) -> bytes: ...
+    @property
+    def site(self) -> str: ...
+    @property
+    def zone(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
 
 
 class BundleError(ControllerError):
@@ -58,7 +71,7 @@ def device_bundle(
     return cfg
 
 
-def claim_bundle(token: IssuedToken, broker: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def claim_bundle(token: ClaimToken, broker: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The config.json a board is flashed with before it has an identity (firmware/claim.py
     turns it into a full bundle). extra adds optional agent fields (interval, board, sim...)."""
     cfg: dict[str, Any] = {
