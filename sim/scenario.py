@@ -47,6 +47,7 @@ class Action:
     off: float | None = None
     op: str = "ping"
     line: int = 0
+    index: int = 0  # its place in the file: at[index]
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,11 @@ class Scenario:
     def check_duration(self, duration: float) -> None:
         """Every action must fall inside the run; raises ScenarioError naming the first that
         does not."""
-        for i, a in enumerate(self.timeline, 1):
+        for a in self.timeline:
             if a.t >= duration:
                 raise ScenarioError(
-                    f"{self.path}:{a.line}: at[{i}].t = {a.t:g} is not before the end of the run "
-                    f"(--duration {duration:g}); use a smaller t or a longer --duration"
+                    f"{self.path}:{a.line}: at[{a.index}].t = {a.t:g} is not before the end of "
+                    f"the run (--duration {duration:g}); use a smaller t or a longer --duration"
                 )
 
 
@@ -195,6 +196,7 @@ def parse(text: str, path: str = "scenario.toml") -> Scenario:
                 None if a.get("off") is None else float(a["off"]),
                 op,
                 where_is(None),
+                i,
             )
         )
     timeline.sort(key=lambda x: x.t)

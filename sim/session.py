@@ -223,7 +223,8 @@ async def _run(
     steady_sent = st.sent - sent0
     sim_cpu = time.process_time() - sim_cpu0
     drained = await fleet.drain(DRAIN_S)
-    stored_ok = await _wait_stored(own, api, st.sent, prefix, m0)
+    ours = st.sent + st.births + st.acks + st.events  # every message the broker acked for us
+    stored_ok = await _wait_stored(own, api, st.sent, ours, prefix, m0)
     usage = {k: proc_cpu_rss(p) for k, p in (own.pids().items() if own else [])}
     connected_at_end = st.connected
     await fleet.stop()
@@ -258,6 +259,11 @@ async def _run(
     m1 = await _controller_counts(api)
     summary["controller_stored_delta"] = m1.get("stored", 0) - m0.get("stored", 0)
     summary["controller_rejected_delta"] = m1.get("rejected", 0) - m0.get("rejected", 0)
+    summary["controller_rejected_by_reason"] = {
+        k.split('reason="')[1].rstrip('"}'): v - m0.get(k, 0.0)
+        for k, v in m1.items()
+        if k.startswith("idufleet_messages_rejected_total{") and v - m0.get(k, 0.0)
+    }
     summary["controller_duplicates_suppressed"] = m1.get("duplicates", 0) - m0.get("duplicates", 0)
     for k, (cpu, rss, hwm) in usage.items():
         summary[f"{k}_cpu_s"] = round(cpu, 2)
@@ -295,6 +301,7 @@ async def _controller_counts(api: P.Api) -> dict[str, float]:
         return {}
     rejected = sum(v for k, v in m.items() if k.startswith("idufleet_messages_rejected_total"))
     return {
+        **{k: v for k, v in m.items() if k.startswith("idufleet_messages_rejected_total{")},
         "stored": m.get("idufleet_messages_stored_total", 0.0),
         "rejected": rejected,
         "duplicates": m.get("idufleet_messages_duplicate_total", 0.0),
@@ -302,10 +309,11 @@ async def _controller_counts(api: P.Api) -> dict[str, float]:
 
 
 async def _wait_stored(
-    own: OwnStack | None, api: P.Api, sent: int, prefix: str, m0: dict[str, float]
+    own: OwnStack | None, api: P.Api, sent: int, ours: int, prefix: str, m0: dict[str, float]
 ) -> bool:
     """Wait (bounded) until the controller stored every report the broker acknowledged: with
-    our own stack, counted in the store; otherwise until its stored counter stops moving."""
+    our own stack, counted in the store; otherwise until its stored counter grew by at least
+    `ours` (the messages we sent; other devices may add to it) or stopped moving."""
     deadline = time.monotonic() + DRAIN_S
     last = -1.0
     while time.monotonic() < deadline:
@@ -316,7 +324,7 @@ async def _wait_stored(
         else:
             m = await _controller_counts(api)
             now = m.get("stored", 0.0)
-            if now == last:
+            if now == last or now - m0.get("stored", 0.0) >= ours:
                 return True
             last = now
         await asyncio.sleep(0.5 if own is not None else 2.0)
