@@ -177,12 +177,15 @@ async def _run(
     recover: dict[str, float] = {}
     p99s: list[float] = []
     phase = "running"
+    steady_end: tuple[float, int] | None = None
     end = t_start + rc.duration
     while (now := time.monotonic()) < end:
         st = fleet.stats
         while pending and now - t_start >= pending[0].t:
             a = pending.pop(0)
             if a.action == "restart-broker":
+                if steady_end is None and sent0:  # the steady window ends at the first restart
+                    steady_end = (time.process_time(), st.sent)
                 # measured from the restart: time until 99 % are connected again
                 loop_task = asyncio.create_task(fleet.act(a, end - now))
                 await loop_task
@@ -220,8 +223,9 @@ async def _run(
                 p99s.append(float(h["ingest_p99_ms"]))
         await asyncio.sleep(min(1.0, max(0.0, end - time.monotonic())))
     st = fleet.stats
-    steady_sent = st.sent - sent0
-    sim_cpu = time.process_time() - sim_cpu0
+    cpu_end, sent_end = steady_end or (time.process_time(), st.sent)
+    steady_sent = sent_end - sent0
+    sim_cpu = cpu_end - sim_cpu0
     drained = await fleet.drain(DRAIN_S)
     ours = st.sent + st.births + st.acks + st.events  # every message the broker acked for us
     stored_ok = await _wait_stored(own, api, st.sent, ours, prefix, m0)
