@@ -94,8 +94,8 @@ async def simulate(
         )
     prefix = rc.prefix or ("sim" if rc.broker is None else f"sim{secrets.token_hex(2)}")
     own: OwnStack | None = None
-    tmp = rc.workdir is None
-    workdir = rc.workdir or Path(tempfile.mkdtemp(prefix="idufleet-sim-"))
+    tmp = rc.workdir is None and rc.broker is None  # only our own stack needs a directory
+    workdir = rc.workdir or (Path(tempfile.mkdtemp(prefix="idufleet-sim-")) if tmp else Path())
     summary: dict[str, Any] = {"devices": rc.devices, "kind": rc.kind, "interval": rc.interval}
     loop = asyncio.get_running_loop()
     try:
@@ -132,7 +132,7 @@ async def simulate(
     finally:
         if own is not None:
             await loop.run_in_executor(None, own.stop)  # idempotent: after an error too
-        if rc.keep:
+        if rc.keep and rc.broker is None:
             summary["workdir"] = str(workdir)
         elif tmp:
             shutil.rmtree(workdir, ignore_errors=True)
