@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from controller.errors import ControllerError
 from controller.security import dynsec
 from sim.model import DeviceSpec
 
@@ -171,13 +172,21 @@ async def register(
 
 
 def create_accounts(admin: Admin, specs: Sequence[DeviceSpec]) -> None:
-    """One dynsec account + role per device, DYNSEC_BATCH per control message (blocking)."""
-    with dynsec.DynsecClient(
-        admin.host, admin.port, admin.username, admin.password, timeout=120
-    ) as c:
-        for i in range(0, len(specs), DYNSEC_BATCH):
-            part = specs[i : i + DYNSEC_BATCH]
-            c.create_devices([(s.site, s.id, s.password or "") for s in part])
+    """One dynsec account + role per device, DYNSEC_BATCH per control message (blocking).
+    Raises ProvisionError naming how far it got."""
+    done = 0
+    try:
+        with dynsec.DynsecClient(
+            admin.host, admin.port, admin.username, admin.password, timeout=120
+        ) as c:
+            for i in range(0, len(specs), DYNSEC_BATCH):
+                part = specs[i : i + DYNSEC_BATCH]
+                c.create_devices([(s.site, s.id, s.password or "") for s in part])
+                done += len(part)
+    except ControllerError as e:
+        raise ProvisionError(
+            f"broker accounts: {done} of {len(specs)} created, then: {str(e)[:300]}"
+        ) from None
 
 
 def delete_accounts(admin: Admin, specs: Sequence[DeviceSpec]) -> None:
