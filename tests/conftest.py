@@ -1,5 +1,6 @@
-"""Shared fixtures: a private Mosquitto per test (config written by the test) and a runner for
-the real MicroPython binary."""
+"""Shared fixtures: a private Mosquitto per test (config written by the test), one private
+PostgreSQL cluster per run (started by the first test that needs it), and a runner for the real
+MicroPython binary."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker
+from tests.support.postgres import PostgresCluster
 from tests.support.upy import UpyResult, run_upy
 
 
@@ -31,6 +33,16 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
 def broker(broker_factory: Callable[..., Broker]) -> Broker:
     """A plain anonymous loopback broker on a free port."""
     return broker_factory()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """ONE private PostgreSQL cluster (Debian's binaries, a temp dir, a free loopback port) for
+    the whole run, never the machine's own server. Session-scoped, so it is started lazily: the
+    first test that asks for it (a postgres-backed store) pays the start, a run without any
+    postgres test never starts it. Tests isolate themselves by schema (store_config)."""
+    with PostgresCluster() as pg:
+        yield pg
 
 
 @pytest.fixture

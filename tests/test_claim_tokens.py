@@ -21,7 +21,7 @@ MASTER = MasterKey(bytes(range(32)))
 
 @pytest.fixture(params=BACKENDS)
 def cfg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreConfig]:
-    c = store_config(request.param, tmp_path)
+    c = store_config(request, tmp_path)
     yield c
     drop(c)
 

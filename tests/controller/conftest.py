@@ -1,5 +1,6 @@
-"""Controller test fixtures: a store per backend (SQLite file, PostgreSQL schema created and
-dropped by the test), a master key, and a registered-device helper."""
+"""Controller test fixtures: a store per backend (SQLite file, or a PostgreSQL schema created and
+dropped by the test in the run's private cluster: the `postgres` fixture), a master key, and a
+registered-device helper."""
 
 from __future__ import annotations
 
@@ -12,17 +13,17 @@ import pytest
 from controller.config import StoreConfig
 from controller.keys import MasterKey
 from controller.store import Store, open_store
+from tests.support.postgres import PostgresCluster
 
 BACKENDS = ["sqlite", "postgres"]
 
 
-def store_config(backend: str, tmp_path: Path) -> StoreConfig:
-    if backend == "postgres":
-        return StoreConfig(
-            backend="postgres",
-            dsn="host=127.0.0.1 dbname=test",
-            schema="t_" + uuid.uuid4().hex[:12],
-        )
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> StoreConfig:
+    """The store config for the backend in request.param. PostgreSQL: a fresh schema in the
+    run's private cluster, which this starts on first use (so SQLite-only runs never start it)."""
+    if request.param == "postgres":
+        pg: PostgresCluster = request.getfixturevalue("postgres")
+        return StoreConfig(backend="postgres", dsn=pg.dsn, schema="t_" + uuid.uuid4().hex[:12])
     return StoreConfig(backend="sqlite", path=str(tmp_path / "idu.sqlite"))
 
 
@@ -37,7 +38,7 @@ def drop(cfg: StoreConfig) -> None:
 
 @pytest.fixture(params=BACKENDS)
 def store_cfg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreConfig]:
-    cfg = store_config(request.param, tmp_path)
+    cfg = store_config(request, tmp_path)
     yield cfg
     drop(cfg)
 
