@@ -73,10 +73,14 @@ class PostgresCluster:
     """One private cluster. start() -> dsn is usable; stop() stops it and removes the temp dir.
     restart() keeps the data and the port; terminate_backends() kills client sessions."""
 
-    def __init__(self, dbname: str = DBNAME, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, dbname: str = DBNAME, speed: bool = True, settings: dict[str, str] | None = None
+    ) -> None:
+        """speed=False keeps initdb's durable defaults (fsync, synchronous_commit on), as a
+        deployment runs: for benchmarks whose numbers should mean something outside a test."""
         self.dbname = dbname
         self.bin = bindir()
-        self.settings = dict(SPEED_SETTINGS, **(settings or {}))
+        self.settings = dict(SPEED_SETTINGS if speed else {}, **(settings or {}))
         self.as_root = os.geteuid() == 0
         self.workdir: Path | None = None
         self.port = 0
@@ -161,7 +165,7 @@ class PostgresCluster:
                 "--auth=trust",
                 "--encoding=UTF8",
                 "--locale=C",
-                "--no-sync",  # test speed: the data dir is thrown away at the end
+                "--no-sync",  # initdb's own files: the data dir is thrown away at the end
                 "--no-instructions",
             ),
             cwd=self.workdir,
@@ -285,8 +289,8 @@ class PortTaken(RuntimeError):
 
 
 @contextmanager
-def private_cluster(dbname: str = DBNAME) -> Iterator[PostgresCluster]:
+def private_cluster(dbname: str = DBNAME, speed: bool = True) -> Iterator[PostgresCluster]:
     """A started cluster for a `with` block; stopped and removed after it."""
-    pg = PostgresCluster(dbname)
+    pg = PostgresCluster(dbname, speed)
     with pg:
         yield pg
