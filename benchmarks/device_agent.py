@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from controller.provisioning.bundles import broker_block
 from controller.security import ca
 from protocol import messages as M
 from protocol.replay import ReplayWindow
@@ -54,16 +55,8 @@ def main() -> None:
                 f"certfile {cadir / 'server.crt'}",
                 f"keyfile {cadir / 'server.key'}",
             ]
-            link = {
-                "broker": {
-                    "host": "127.0.0.1",
-                    "port": tls_port,
-                    "tls": True,
-                    "ca": str(cadir / "ca.crt"),
-                    "username": None,
-                    "password": None,
-                }
-            }
+            ca_file = str(cadir / "ca.crt")
+            link = {"broker": broker_block("127.0.0.1", tls_port, "ap-bench", None, True, ca_file)}
         broker = Broker(root / "broker", extra=extra)
         broker.start()
         obs = Observer(broker.port, persistent=True).start()
@@ -93,7 +86,7 @@ def main() -> None:
             obs.ack_for(dev, seq)
             _, seq, _ = obs.command(dev, M.OP_DIAGNOSTICS)
             diag = obs.ack_for(dev, seq).body[M.A_DATA]  # type: ignore[index]
-            made = diag[12]
+            made = diag[M.DG_REPORTS]
             obs.wait(lambda: len(check_stream(obs, dev)[0]) >= made, 60, "the last reports")
             elapsed = time.monotonic() - t0
         except AssertionError:
@@ -134,7 +127,7 @@ def main() -> None:
         )
         for s in reps
     ) / len(reps)
-    heap = diag[2]
+    heap = diag[M.DG_HEAP_SIZE]
     print(
         json.dumps(
             {
@@ -144,18 +137,18 @@ def main() -> None:
                 "qos1_redeliveries_on_wire": wire_dups,
                 "lost": made - len({q for e, q in order if e == 1}),
                 "memory_errors": memory_errors,
-                "heap_high_water_bytes": diag[1],
-                "heap_peak_alloc_bytes": diag[14],
+                "heap_high_water_bytes": diag[M.DG_HEAP_HIGH_WATER],
+                "heap_peak_alloc_bytes": diag[M.DG_HEAP_PEAK],
                 "heap_idle_bytes": idle[1],
                 "heapsize_bytes": heap,
-                "heap_headroom_bytes": heap - diag[1],
+                "heap_headroom_bytes": heap - diag[M.DG_HEAP_HIGH_WATER],
                 "bytes_on_wire_per_report": round(wire, 1),
                 "payload_bytes_per_report": round(payload, 1),
                 "json_metrics_bytes_per_report_baseline": round(as_json, 1),
                 "outage_s": args.outage,
                 "tls": args.tls,
                 "buffered_at_reconnect": buffered,
-                "reconnects": diag[6],
+                "reconnects": diag[M.DG_RECONNECTS],
                 "elapsed_s": round(elapsed, 2),
             }
         )

@@ -143,20 +143,9 @@ def main():
         "body_heap": heap_per_call(body_only),
         "seal_heap": heap_per_call(seal_only),
     }
-    import device_codec_proposal as P  # compiled only now: the 64 KiB heap is tight
-
-    P.setup(state, EPOCH, TS, UP, IDS, VALUES, TOPIC, SIGNER)
-    state[0] = 5000
-    n = encode_sign()
-    state[0] = 5000
-    assert P.encode_sign() == n and P.BUF[:n] == BUF[:n], "proposal bytes differ"
     detail["json_sign_us"] = us_per_call(json_sign)
     detail["json_sign_heap"] = heap_per_call(json_sign)
     enc, js = us_pair(encode_sign, json_dumps)
-    prop, js2 = us_pair(P.encode_sign, json_dumps)
-    detail["proposal_us"] = prop
-    detail["proposal_heap"] = heap_per_call(P.encode_sign)
-    detail["proposal_ratio_vs_json"] = round(prop / js2, 2)
     print("encode+sign", enc, "us,", heap, "B heap; json.dumps", js, "us,", heap_json, "B heap")
     print(
         json.dumps(

@@ -96,7 +96,9 @@ log_type warning
 listener {port} 127.0.0.1
 """
     )
-    mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    from tools.binaries import mosquitto
+
+    mosq = mosquitto()
     log = open(workdir / "mosquitto.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen([mosq, "-c", str(conf)], stdout=log, stderr=log)
     for _ in range(200):
@@ -327,7 +329,9 @@ def shared_drain(
         while store.count("messages") < expected and time.monotonic() < deadline:
             time.sleep(0.05)
         done = time.time()  # all stored (committed), seen by polling the store
-        rows = store._execute("SELECT MIN(received), COUNT(*) FROM messages WHERE epoch = 3")
+        rows = store.conn.execute(  # type: ignore[attr-defined]  # sqlite3 or psycopg
+            "SELECT MIN(received), COUNT(*) FROM messages WHERE epoch = 3"
+        ).fetchall()
     finally:
         store.close()
         stop_all(ps)

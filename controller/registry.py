@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from controller.errors import RegistryError
 from controller.keys import MasterKey, new_device_key
+from controller.provisioning.bundles import broker_block, device_bundle
 from controller.store.base import DeviceRecord, Store
 from protocol import ProtocolError
 from protocol.topics import check_id
@@ -35,24 +36,10 @@ class NewDevice:
         self, host: str, port: int, interval: int = 60, **extra: object
     ) -> dict[str, object]:
         """A device config.json (docs/DEVICE-CONFIG.md) for this device and broker."""
-        cfg: dict[str, object] = {
-            "device": self.id,
-            "site": self.site,
-            "zone": self.zone,
-            "kind": self.kind,
-            "key": self.key.hex(),
-            "broker": {
-                "host": host,
-                "port": port,
-                "tls": False,
-                "ca": None,
-                "username": self.id,
-                "password": None,
-            },
-            "interval": interval,
-        }
-        cfg.update(extra)
-        return cfg
+        broker = broker_block(host, port, self.id, None)
+        return device_bundle(
+            self.id, self.site, self.zone, self.kind, self.key, broker, interval=interval, **extra
+        )
 
 
 def zone_problem(zone: str, zones: Sequence[str] | None) -> str | None:

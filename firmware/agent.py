@@ -11,6 +11,7 @@ import sys
 import time
 
 import backoff
+import heap
 from link import Link, sleep_ms
 from micropython import const
 from ring import RingFile
@@ -53,19 +54,6 @@ _SLOT = const(448)  # ring slot: 2-byte length + one signed REPORT/BATCH payload
 _HEALTH = (1, 2, 3, 5, 6)
 
 
-def unload(*names):
-    """Drop modules so their code can be collected (they are re-imported when next needed).
-    Protocol submodules are named without "protocol.": a constant of 10+ characters is a heap
-    object on a device, and these names are short enough to be interned instead."""
-    p = sys.modules.get("protocol")
-    for n in names:
-        sys.modules.pop(n, None)
-        sys.modules.pop("protocol." + n, None)
-        if p is not None and hasattr(p, n):
-            delattr(p, n)  # the package holds its submodules as attributes too
-    gc.collect()
-
-
 class Agent:
     def __init__(self, flash, booted):
         """booted: what startup.start(flash) returned (main.py runs it before importing this module,
@@ -101,7 +89,7 @@ class Agent:
         self.ready = False  # connected and birth sent
         self.stop = False  # main() winds down: a crash, or a reboot command acked
         self.reconnects = 0
-        self.refused = [0, 0, 0, 0]  # bad tag, expired, replay, malformed
+        self.refused = [0, 0, 0, 0]  # protocol.messages RF_*: bad tag, expired, replay, malformed
         self.reports = 0
         self.dropped_event = self.ring.state.dropped
         self.time_off = None  # unix - uptime learned from verified downlink ts (no RTC)
@@ -119,7 +107,7 @@ class Agent:
     def setup_metrics(self):
         cfg = self.cfg
         ids = []
-        for i in _HEALTH + tuple(range(16, 30) if cfg["kind"] == "ap" else range(48, 64)):
+        for i in _HEALTH + tuple(self.board.measures):  # the board says what it measures
             if cfg["metrics"] is None or i in cfg["metrics"]:
                 ids.append(i)
         n = len(ids)
@@ -377,7 +365,7 @@ class Agent:
 
                 bootstate.mark(self.flash, bootstate.END_STABLE)
                 del bootstate
-                unload("bootstate")
+                heap.unload("RECORD")
                 marked = True
             if not rx:
                 await sleep_ms(200)
@@ -385,12 +373,12 @@ class Agent:
             gc.collect()  # the command's code and data go into holes left by report garbage
             while rx:
                 topic, payload = rx.pop(0)
-                import inbox  # open and admit; unloaded before cmds loads to execute and ack
+                import inbox  # open and verify; unloaded before cmds loads to admit and ack
 
                 try:
                     m = inbox.handle(self, topic, payload)
                     del inbox, payload
-                    unload("inbox")
+                    heap.unload("DECODER")
                     if m:
                         import cmds
 
@@ -399,16 +387,7 @@ class Agent:
                 except (OSError, MemoryError) as e:  # the ack was lost with the link, or
                     print("idu:", "command", repr(e))  # it did not fit: the controller retries
                 m = topic = payload = None
-                unload("inbox", "cmds")
-            unload(  # what a command may have left loaded (inbox and cmds go per message)
-                "tunables",
-                "bootstate",
-                "commands",
-                "downlink",
-                "codec",
-                "reader",
-                "errors",
-            )
+                heap.unload("DECODER", "COMMAND")  # what a finished or failed one left
             if self.result != STOPPED:
                 self.stop = True  # a reboot command, now acked
 
@@ -473,7 +452,8 @@ class Agent:
             import bootstate
 
             bootstate.mark(self.flash, bootstate.END_REBOOT)
-            unload("bootstate")
+            del bootstate
+            heap.unload("RECORD")
         return self.result
 
 
@@ -482,6 +462,7 @@ def run(flash, booted):
     agent's code is unloaded (main.py boots again); an ESP32 resets instead, and a crash
     resets it (exits 1 on the unix port). False when it stopped otherwise."""
     agent = Agent(flash, booted)
+    board = agent.board
     del booted
     gc.collect()
     # Collect after every few KiB allocated instead of only when the heap is full: short-lived
@@ -490,16 +471,13 @@ def run(flash, booted):
     gc.threshold(4096)
     result = asyncio.run(agent.main())
     del agent
-    if result == CRASHED or (result == REBOOT and sys.platform == "esp32"):
-        if sys.platform == "esp32":
-            import machine
-
-            machine.reset()
+    if result == CRASHED or result == REBOOT:
+        board.reset()  # hardware restarts here; the unix port goes on
+    if result == CRASHED:
         sys.exit(1)
     if result != REBOOT:
         return False
-    for name in ("agent", "link", "mqtt_codec", "ring", "backoff", "board_sim"):
-        sys.modules.pop(name, None)  # the agent's code is freed before boot code loads again
     asyncio.new_event_loop().set_exception_handler(None)  # it held the old agent alive
+    heap.unload("AGENT", board.__name__)  # the agent's code is freed before boot runs
     print("idu:", "soft", "reboot")
     return True

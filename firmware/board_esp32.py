@@ -2,9 +2,9 @@
 the I2C sensors found at start (SHT3x temperature/humidity, BH1750 light). Loaded only on an
 ESP32 (startup.py imports the chosen board by name).
 
-The module is the board, like board_sim: startup.py calls start(cfg, flash) once, then hands the
-module to the agent (ms, real_ms, unix, reset_cause, net_up, rssi, wdt_feed, sample, name). No
-classes and one state list: every name a module introduces stays interned for the whole run."""
+The module is the board, like board_sim, to the contract in firmware/board.pyi: startup.py calls
+start(cfg, flash) once, then hands the module to the agent. No classes and one state list: every
+name a module introduces stays interned for the whole run."""
 
 import time
 
@@ -16,6 +16,13 @@ _WDT_MS = const(30000)  # the main loop feeds every 100 ms; 30 s covers a slow T
 _WIFI_TIMEOUT_MS = const(15000)
 _SHT3X = const(0x44)  # I2C addresses
 _BH1750 = const(0x23)
+# protocol.messages BOOT_* (tests/test_firmware_heap.py checks they match)
+_BOOT_POWER_ON = const(0)
+_BOOT_HARD_RESET = const(1)
+_BOOT_WATCHDOG = const(2)
+_BOOT_SOFT_RESET = const(3)
+_BOOT_DEEP_SLEEP = const(4)
+_BOOT_CRASH = const(5)
 
 # _st slots
 _T0 = const(0)  # ticks_ms() at start
@@ -28,12 +35,16 @@ _I2C = const(6)  # the sensor bus on a "sensor" board, else None
 _FOUND = const(7)  # sensors on the bus: 1 SHT3x, 2 BH1750
 _BUF = const(8)  # SHT3x reading
 
-name = "esp32"
+name = ""  # startup.py sets it: the row name in firmware/boards.py
+measures: tuple = ()  # set by start(): what the board found to measure
 _st: list = [0, None, None, None, False, None, None, 0, None]
 
 
 def start(cfg, flash):
-    """Start the watchdog and the radio interfaces, and look for sensors on a "sensor" board."""
+    """Start the watchdog and the radio interfaces, and look for sensors on a "sensor" board.
+    measures: the associated-station count (16) on an "ap"; on a "sensor", temperature and
+    humidity (57, 58) when an SHT3x answers and illuminance (63) when a BH1750 does."""
+    global measures
     _st[_T0] = time.ticks_ms()
     _st[_WDT] = machine.WDT(timeout=_WDT_MS)
     _st[_STA] = network.WLAN(network.STA_IF)
@@ -46,6 +57,9 @@ def start(cfg, flash):
         _st[_I2C] = i2c
         _st[_FOUND] = (1 if _SHT3X in found else 0) | (2 if _BH1750 in found else 0)
         _st[_BUF] = bytearray(6)
+        measures = ((57, 58) if _SHT3X in found else ()) + ((63,) if _BH1750 in found else ())
+    else:
+        measures = (16,)
 
 
 def ms():
@@ -68,14 +82,14 @@ def reset_cause(end):
     """protocol.messages BOOT_* from machine.reset_cause(); end is how the previous run ended."""
     cause = machine.reset_cause()
     if end == 0 and cause != machine.PWRON_RESET:
-        return 5  # BOOT_CRASH: the previous run never ended cleanly
+        return _BOOT_CRASH  # the previous run never ended cleanly
     return {
-        machine.PWRON_RESET: 0,
-        machine.HARD_RESET: 1,
-        machine.WDT_RESET: 2,
-        machine.SOFT_RESET: 3,
-        machine.DEEPSLEEP_RESET: 4,
-    }.get(cause, 1)
+        machine.PWRON_RESET: _BOOT_POWER_ON,
+        machine.HARD_RESET: _BOOT_HARD_RESET,
+        machine.WDT_RESET: _BOOT_WATCHDOG,
+        machine.SOFT_RESET: _BOOT_SOFT_RESET,
+        machine.DEEPSLEEP_RESET: _BOOT_DEEP_SLEEP,
+    }.get(cause, _BOOT_HARD_RESET)
 
 
 async def net_up():
@@ -111,6 +125,10 @@ def rssi():
 
 def wdt_feed():
     _st[_WDT].feed()
+
+
+def reset():
+    machine.reset()
 
 
 def sample(ids, vals, period_s):

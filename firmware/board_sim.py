@@ -4,9 +4,9 @@ and PM2.5 at rush hours, a temperature cycle), a no-op watchdog, the flash direc
 filesystem. `sim.fault` = "crash" makes the sensor driver raise after `sim.fault_after` samples
 (exercises the crash-loop detector).
 
-The module is the board (startup.py calls start() once, then hands the module to the agent): no
-class, no instance, one state list, and both tables in one bytes constant, so the board costs
-little heap and sampling allocates nothing."""
+The module is the board (the contract is firmware/board.pyi; startup.py calls start() once,
+then hands the module to the agent): no class, no instance, one state list, and both tables in
+one bytes constant, so the board costs little heap and sampling allocates nothing."""
 
 import time
 
@@ -20,6 +20,10 @@ _CLOCK0 = const(2)  # unix seconds at start: the board's time of day runs on fro
 _SIZE = const(3)  # this site's peak client count
 _FAULT = const(4)  # samples left before the driver "crashes"; -1: never
 _RNG = const(5)
+# protocol.messages BOOT_* (tests/test_firmware_heap.py checks they match)
+_BOOT_POWER_ON = const(0)
+_BOOT_SOFT_RESET = const(3)
+_BOOT_CRASH = const(5)
 
 # _TABLE: three curves, then one 9-byte row per metric (ids 16-29, then 48-63).
 _CURVES = const(0)
@@ -82,12 +86,16 @@ _TABLE = const(
 )
 # fmt: on
 
-name = "sim"
+name = ""  # startup.py sets it: the row name in firmware/boards.py
+measures: tuple | range = ()  # set by start(): the kind's metric ids
 _st: list = [1000, 0, 0, 40, -1, None]
 
 
 def start(cfg, flash):
-    """Set the board up from cfg["sim"]; deterministic for a seed and device id."""
+    """Set the board up from cfg["sim"]; deterministic for a seed and device id. Measures every
+    metric of its kind: access point 16-29, urban sensor 48-63 (the rows of _TABLE)."""
+    global measures
+    measures = range(16, 30) if cfg["kind"] == "ap" else range(48, 64)
     sim = cfg["sim"]
     rng = Rng((sim.get("seed") or 1) * 7919 + len(cfg["device"]))
     _st[_SPEED] = max(1, int(float(sim.get("speed") or 1) * 1000))
@@ -117,7 +125,7 @@ def unix():
 def reset_cause(end):
     """protocol.messages BOOT_*: soft reset after a reboot command, crash after an unclean
     end, power-on otherwise."""
-    return 3 if end == 1 else 5 if end == 0 else 0
+    return _BOOT_SOFT_RESET if end == 1 else _BOOT_CRASH if end == 0 else _BOOT_POWER_ON
 
 
 async def net_up():
@@ -131,6 +139,9 @@ def rssi():
 
 def wdt_feed():
     pass
+
+
+reset = wdt_feed  # nothing to do: main.py boots again in this process (or exits after a crash)
 
 
 def sample(ids, vals, period_s):

@@ -17,7 +17,7 @@ import mqtt_codec as mq
 from micropython import const
 
 _BUF = const(1280)
-_WAIT_MS = const(8000)  # for the answer, per attempt
+_WAIT_MS = const(8000)  # for the answer, per attempt (default of the bundle's claim.wait_ms)
 _KEYFILE = "/claim.key"  # the board's claim private key: kept across reboots until claimed
 
 
@@ -47,7 +47,9 @@ def ensure(flash, attempts=0, retry_ms=2000):
     try:
         run(flash, raw, attempts, retry_ms)
     finally:
-        _unload()
+        import heap
+
+        heap.unload("CLAIM")  # protocol.claim alone is about 12 KiB on the 64-bit unix port
     return True
 
 
@@ -60,22 +62,6 @@ def boot(flash):
     except ClaimFailed as e:
         print("idu: claim failed:", e)
         sys.exit(1)
-    sys.modules.pop("claim", None)
-
-
-def _unload():
-    """Drop protocol.claim (about 12 KiB of heap on the 64-bit unix port) before the agent
-    starts in the same process: both sys.modules and the package attribute hold it."""
-    import sys
-
-    sys.modules.pop("protocol.claim", None)
-    pkg = sys.modules.get("protocol")
-    if pkg is not None and "claim" in dir(pkg):
-        try:
-            delattr(pkg, "claim")
-        except (AttributeError, TypeError):
-            pass
-    gc.collect()
 
 
 def _check(raw):
@@ -87,6 +73,9 @@ def _check(raw):
     sec = c.get("secret")
     if not isinstance(tid, str) or not isinstance(sec, str) or len(sec) != 32:
         raise ClaimFailed("config: claim.id / claim.secret malformed: rewrite the bundle")
+    wait = c.get("wait_ms", _WAIT_MS)
+    if not isinstance(wait, int) or wait < 1:
+        raise ClaimFailed("config: claim.wait_ms must be an int >= 1: rewrite the bundle")
     import binascii
 
     try:
@@ -96,7 +85,7 @@ def _check(raw):
     for k in ("host", "port", "username"):
         if k not in b:
             raise ClaimFailed("config: field 'broker.%s' is missing" % k)
-    return tid, secret, b
+    return tid, secret, b, wait
 
 
 def _keypair(flash):
@@ -117,7 +106,7 @@ def _keypair(flash):
 def run(flash, raw, attempts=0, retry_ms=2000):
     from protocol import claim as wire
 
-    tid, secret, broker = _check(raw)
+    tid, secret, broker, wait_ms = _check(raw)
     priv, pub = _keypair(flash)
     resp_topic = wire.topic(tid, wire.RESP)
     board = raw.get("board") or "sim"
@@ -128,7 +117,7 @@ def run(flash, raw, attempts=0, retry_ms=2000):
         nonce = os.urandom(16)
         t, payload = wire.encode_request(tid, secret, nonce, pub, board)
         try:
-            got = _exchange(broker, tid, t, payload, resp_topic)
+            got = _exchange(broker, tid, t, payload, resp_topic, wait_ms)
         except OSError as e:
             log("attempt", n, "failed:", e)
             got = None
@@ -222,9 +211,9 @@ def _send(s, poller, data):
         mv = mv[n:]
 
 
-def _exchange(broker, tid, req_topic, payload, resp_topic):
+def _exchange(broker, tid, req_topic, payload, resp_topic, wait_ms):
     """One connection: CONNECT, SUBSCRIBE to the answer, PUBLISH the request, collect answers
-    until one arrives or _WAIT_MS passes. Returns the list of answer payloads (may be empty).
+    until one arrives or wait_ms passes. Returns the list of answer payloads (may be empty).
     Non-blocking reads: MicroPython's blocking readinto() waits for a full buffer."""
     import select
 
@@ -249,7 +238,7 @@ def _exchange(broker, tid, req_topic, payload, resp_topic):
         _send(s, poller, memoryview(buf)[:n])
         n = mq.subscribe(buf, 1, (topic_b,), 1)
         _send(s, poller, memoryview(buf)[:n])
-        deadline = time.ticks_add(time.ticks_ms(), _WAIT_MS)
+        deadline = time.ticks_add(time.ticks_ms(), wait_ms)
         sent = False
         while not out:
             left = time.ticks_diff(deadline, time.ticks_ms())

@@ -1,10 +1,10 @@
 """Command admission, execution and acks, loaded once inbox.py has opened a downlink message and
-been unloaded (agent.py), and unloaded after the ack, so its code does not sit in the heap
-between commands. Admission (protocol.commands, the saved guard) and set_config (tunables) each
-unload their helper when done. An expired or replayed command is refused, counted and acked as
-such, never executed."""
+been unloaded (agent.py), and unloaded after the ack (heap.py COMMAND), so its code does not sit in
+the heap between commands. Admission (heap.py ADMIT: protocol.commands, the saved guard) and
+set_config (heap.py SETTINGS: tunables) each unload their helper when done. An expired or replayed
+command is refused, counted and acked as such, never executed."""
 
-from agent import unload
+import heap
 from micropython import const
 
 # Wire numbers from protocol.messages, as const(): private consts cost no heap, while importing
@@ -32,8 +32,11 @@ _R_FAILED = const(7)
 _R_OK = const(0)
 _R_REPLAY = const(4)
 _R_UNKNOWN_OP = const(2)
-
-# Diagnostics ack data keys (firmware/README.md).
+_RF_BAD_TAG = const(0)
+_RF_EXPIRED = const(1)
+_RF_REPLAY = const(2)
+_RF_MALFORMED = const(3)
+_REBOOT = const(75)  # agent.REBOOT (the same test checks copies of firmware consts)
 _DG_HEAP_FREE = const(0)
 _DG_HEAP_HIGH_WATER = const(1)
 _DG_HEAP_SIZE = const(2)
@@ -64,7 +67,7 @@ async def run(a, topic, result, epoch, seq, ts, body):
         elif topic.endswith(b"/cfg"):
             if ts is None or ts < a.cfg_ts:
                 result = _R_REPLAY
-                a.refused[2] += 1
+                a.refused[_RF_REPLAY] += 1
         else:
             result = _R_UNKNOWN_OP
         if result and result != _R_UNKNOWN_OP:
@@ -88,7 +91,7 @@ async def run(a, topic, result, epoch, seq, ts, body):
     elif op == _OP_SET_CONFIG:
         result = set_config(a, args)
     elif op == _OP_REBOOT:
-        a.result = 75  # agent.REBOOT: main loop stops after this ack
+        a.result = _REBOOT  # the main loop stops after this ack
     elif op == _OP_ROTATE_KEY:
         result, new_key = rotate_key(a, args)
     else:
@@ -124,16 +127,21 @@ def _admit(a, epoch, seq, ts, body):
     except (OSError, ValueError):
         guard = CommandGuard()
     code = guard.admit(epoch, seq, ts, body, a.now())
+    if code == "expired":
+        a.refused[_RF_EXPIRED] += 1
+        return _R_EXPIRED
+    if code == "replay":
+        a.refused[_RF_REPLAY] += 1
+        return _R_REPLAY
     if code:
-        i = 1 if code == "expired" else 2 if code == "replay" else 3
-        a.refused[i] += 1
-        return _R_EXPIRED if i == 1 else _R_REPLAY if i == 2 else _R_BAD_ARGS
+        a.refused[_RF_MALFORMED] += 1
+        return _R_BAD_ARGS
     a.sample_heap()
     from bootstate import write
 
     write(path, guard.dumps())
     del guard, CommandGuard, write
-    unload("commands", "bootstate")
+    heap.unload("ADMIT")
     return _R_OK
 
 
@@ -172,7 +180,7 @@ def set_config(a, args):
         return _R_BAD_ARGS
     a.cfg_hash = t.config_hash(a.cfg, a.flash)
     del t
-    unload("tunables", "bootstate")
+    heap.unload("SETTINGS")
     a.setup_metrics()
     return _R_OK
 
@@ -192,13 +200,13 @@ def diagnostics(a):
         _DG_BUFFER_DEPTH: st.count,
         _DG_RECONNECTS: a.reconnects,
         _DG_DROPPED: st.dropped,
-        _DG_REFUSED_BAD_TAG: r[0],
-        _DG_REFUSED_EXPIRED: r[1],
-        _DG_REFUSED_REPLAY: r[2],
+        _DG_REFUSED_BAD_TAG: r[_RF_BAD_TAG],
+        _DG_REFUSED_EXPIRED: r[_RF_EXPIRED],
+        _DG_REFUSED_REPLAY: r[_RF_REPLAY],
         _DG_SAFE_MODE: a.safe,
         _DG_REPORTS: a.reports,
         _DG_EPOCH: a.epoch,
         _DG_HEAP_PEAK: a.heap_peak,
         _DG_CMD_DROPPED: a.link.rx_dropped,
-        _DG_REFUSED_MALFORMED: r[3],
+        _DG_REFUSED_MALFORMED: r[_RF_MALFORMED],
     }

@@ -1,21 +1,22 @@
-"""A downlink message's first step, loaded when one arrives and unloaded before cmds.py admits,
-executes and acks it (agent.py): open and verify it with protocol.downlink and the decoder, which
-are unloaded before this returns, so the heap never holds the decoder and the command code
-together. A bad tag or a malformed message is counted here and acked as refused by cmds.run."""
+"""A downlink message's first step, loaded when one arrives and unloaded with the decoder
+(heap.py DECODER: protocol.downlink, protocol.reader) before cmds.py admits, executes and acks it
+(agent.py), so the heap never holds the decoder and the command code together. A bad tag or a
+malformed message is counted here and acked as refused by cmds.run."""
 
-from agent import unload
 from micropython import const
 
-# protocol.messages R_*
+# protocol.messages R_* and RF_* (tests/test_firmware_heap.py checks they match)
 _R_BAD_ARGS = const(1)
 _R_BAD_TAG = const(5)
+_RF_BAD_TAG = const(0)
+_RF_MALFORMED = const(3)
 
 
 def handle(a, topic, payload):
     """Open one downlink message for agent a: (refusal, epoch, seq, ts, body) for cmds.run,
     which admits and executes it when refusal is 0 and acks it either way; None when it cannot
     even be named in an ack."""
-    from protocol.downlink import open_downlink  # local: unload() below can then free it
+    from protocol.downlink import open_downlink  # local: unloaded with DECODER after return
 
     channel = bytes(topic[-3:]).decode()  # cmd, cfg or ota: the agent subscribes to no other
     try:
@@ -25,7 +26,7 @@ def handle(a, topic, payload):
     code = None
     if isinstance(m, str):
         code = m
-        a.refused[0 if code == "bad_tag" else 3] += 1
+        a.refused[_RF_BAD_TAG if code == "bad_tag" else _RF_MALFORMED] += 1
         print("idu: refused downlink:", code)
         try:  # unverified: only to name the message in the ack
             m = open_downlink(payload, topic, channel, None)
@@ -35,6 +36,4 @@ def handle(a, topic, payload):
             return
     _, epoch, seq, ts, body = m
     a.sample_heap()  # the decoder and the message are in the heap: a command's peak
-    del open_downlink
-    unload("downlink", "reader", "errors")
     return (_R_BAD_TAG if code == "bad_tag" else _R_BAD_ARGS) if code else 0, epoch, seq, ts, body

@@ -17,7 +17,6 @@ import time
 import mqtt_codec as mq
 from micropython import const
 
-_TIMEOUT_MS = const(10000)  # no CONNACK, or a write (the TLS handshake too) that cannot progress
 _RX_QUEUE = const(4)  # downlink messages waiting for the agent; more are dropped and counted
 # MicroPython's asyncio extras (not in the CPython-shaped stubs), named once here.
 sleep_ms = asyncio.sleep_ms  # type: ignore[attr-defined]
@@ -26,7 +25,9 @@ core = asyncio.core  # type: ignore[attr-defined]
 
 class Link:
     def __init__(self, broker, client_id, keepalive):
-        self.broker = broker  # host, port, tls, ca, username, password (startup.validate)
+        # host, port, tls, ca, username, password, wait_ms (startup.validate): wait_ms bounds the
+        # wait for CONNACK and a write (the TLS handshake too) that cannot progress
+        self.broker = broker
         self.client_id = client_id.encode()
         self.keepalive = keepalive
         self.rx = []  # incoming PUBLISH (topic, payload), at most _RX_QUEUE
@@ -114,7 +115,7 @@ class Link:
         while not self.up:
             if self.sock is None:
                 raise self.err or OSError("closed")
-            if time.ticks_diff(time.ticks_ms(), t0) > _TIMEOUT_MS:
+            if time.ticks_diff(time.ticks_ms(), t0) > b["wait_ms"]:
                 raise OSError("timeout")
             await sleep_ms(5)
         n = mq.subscribe(self.tx, self.next_pid(), topics, 1)
@@ -149,7 +150,7 @@ class Link:
                     if k:
                         left = left[k:]
                         t0 = time.ticks_ms()
-                    elif time.ticks_diff(time.ticks_ms(), t0) > _TIMEOUT_MS:
+                    elif time.ticks_diff(time.ticks_ms(), t0) > self.broker["wait_ms"]:
                         self.close()  # a stalled peer or handshake, a packet half sent
                         raise OSError("timeout")
                     else:

@@ -8,31 +8,29 @@ power-on) runs and is unloaded before the agent's code is loaded.
 This file is compiled from source and its code stays in the heap for the whole run: everything
 that runs once (flash path, config, board, the _mpy check) is startup.run()'s, which is unloaded."""
 
-import gc
 import sys
 
 sys.path.insert(0, (__file__.rsplit("/", 1)[0] if "/" in __file__ else ".") + "/_mpy")
 if ".frozen" not in sys.path:
     sys.path.append(".frozen")  # asyncio lives there on the unix port
+import heap  # noqa: E402  (after the path: the compiled module)
 
 
 def main():
     """Boot, then run the agent until it stops; a reboot command boots again in this process
-    on the unix port (agent.run resets an ESP32, and exits 1 after a crash)."""
+    on the unix port (agent.run resets an ESP32, and exits 1 after a crash). Each phase ends
+    with heap.unload() of what it loaded (firmware/heap.py)."""
     while True:
         import startup
 
         flash, booted = startup.run()
         del startup
-        for name in ("startup", "bootstate", "tunables"):
-            sys.modules.pop(name, None)  # boot-only code: freed before the agent loads
-        gc.collect()
+        heap.unload("BOOT")  # boot-only code: freed before the agent loads
         if booted is None:  # provisioned with a claim bundle: fetch the identity, boot again
-            __import__("claim").boot(flash)
+            __import__("claim").boot(flash)  # unloads heap.py CLAIM itself
         elif not __import__("agent").run(flash, booted):
             return
         del booted
-        gc.collect()
 
 
 main()

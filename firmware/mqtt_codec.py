@@ -10,9 +10,7 @@ PUBLISH = const(0x30)
 PUBACK = const(0x40)
 SUBSCRIBE = const(0x82)
 SUBACK = const(0x90)
-PINGREQ_T = const(0xC0)
 PINGRESP = const(0xD0)
-DISCONNECT_T = const(0xE0)
 
 PINGREQ = b"\xc0\x00"
 DISCONNECT = b"\xe0\x00"

@@ -10,6 +10,7 @@ uses too, and messages longer than 10 characters (shorter str constants are inte
 import json
 import sys
 
+import heap
 from bootstate import END_STABLE, END_UNCLEAN, read_state, write, write_state
 from tunables import ConfigError, apply, bad, check_tunables, config_hash  # noqa: F401
 
@@ -52,6 +53,9 @@ def validate(raw):
     pw = b.get("password")
     if pw is not None and not isinstance(pw, str):
         raise bad("broker.password", "must be a string or null")
+    wait = b.get("wait_ms", 10000)  # production: 10 s; tests wait less for what they provoke
+    if not isinstance(wait, int) or wait < 1:
+        raise bad("broker.wait_ms", "must be an int >= 1")
     cfg["broker"] = {
         "host": _get(b, "broker.host", str),
         "port": _get(b, "broker.port", int),
@@ -59,6 +63,7 @@ def validate(raw):
         "ca": b.get("ca"),
         "username": b.get("username") or cfg["device"],
         "password": pw,
+        "wait_ms": wait,
     }
     if "wifi" in raw:
         w = _get(raw, "wifi", dict)
@@ -127,10 +132,27 @@ def decide(count, start, end, now, limit, window):
     return count, start, count > limit
 
 
+def load_board(name):
+    """The board module named in firmware/boards.py (only the chosen one is loaded), with its
+    `name` set; name None: the board whose platform is this sys.platform."""
+    from boards import BOARDS
+
+    if name is None:
+        for k, row in BOARDS.items():
+            if row[1] == sys.platform:
+                name = k
+    if name not in BOARDS:
+        raise bad("board", "is not a row of firmware/boards.py")
+    board = __import__(BOARDS[name][0])
+    board.name = name  # type: ignore[attr-defined]  # the contract's name (board.pyi)
+    return board
+
+
 def start(flash):
     """Everything boot decides: (cfg, board, epoch, safe_mode, boot_reason, config hash), or None
     when config.json holds a claim bundle instead of a key (main.py claims, then boots again).
-    The board is its module (board_sim or board_esp32), set up by its start(cfg, flash)."""
+    The board is its module (firmware/boards.py, contract firmware/board.pyi), set up by its
+    start(cfg, flash)."""
     try:
         with open(flash + "/config.json") as f:
             raw = json.load(f)
@@ -150,19 +172,10 @@ def start(flash):
     except (OSError, ValueError, ConfigError, AttributeError):
         pass
     del unpackb
-    import protocol
-
-    for n in ("codec", "reader", "errors"):  # the decoder: needed again when a command arrives
-        sys.modules.pop("protocol." + n, None)
-        if hasattr(protocol, n):
-            delattr(protocol, n)
+    heap.unload("DECODER")  # needed again only when a command arrives
     if cfg["broker"]["tls"] and cfg["broker"]["ca"]:
         cfg["broker"]["ca"] = ca_der(cfg["broker"]["ca"], flash)
-    name = cfg["board"] or ("esp32" if sys.platform == "esp32" else "sim")
-    if name not in ("sim", "esp32"):
-        raise bad("board", "must be 'esp32' or 'sim'")
-    # only the chosen board is loaded ("board_esp32" is longer than 10 chars: not interned)
-    board = __import__("board_esp32" if name == "esp32" else "board_sim")
+    board = load_board(cfg["board"])
     board.start(cfg, flash)
     for k in ("sim", "wifi", "zone", "board"):  # the board keeps what it needs: heap back
         cfg.pop(k, None)

@@ -127,6 +127,31 @@ OP_NAMES = {
     OP_ROTATE_KEY: "rotate_key",
 }
 
+# OP_DIAGNOSTICS ack data (A_DATA) keys (firmware/README.md, "Diagnostics ack data")
+DG_HEAP_FREE = 0  # int, bytes free after a collection
+DG_HEAP_HIGH_WATER = 1  # int, most live bytes seen after a collection
+DG_HEAP_SIZE = 2  # int, bytes
+DG_UPTIME = 3  # int, board seconds
+DG_RSSI = 4  # int, dBm
+DG_BUFFER_DEPTH = 5  # int, reports waiting in the offline buffer
+DG_RECONNECTS = 6  # int
+DG_DROPPED = 7  # int, reports dropped by the offline buffer (lifetime)
+DG_REFUSED_BAD_TAG = 8  # int, downlink refused: tag does not verify
+DG_REFUSED_EXPIRED = 9  # int, commands refused: expired
+DG_REFUSED_REPLAY = 10  # int, commands or configs refused: seen before / older
+DG_SAFE_MODE = 11  # bool
+DG_REPORTS = 12  # int, reports made this boot
+DG_EPOCH = 13  # int, boot epoch
+DG_HEAP_PEAK = 14  # int, most bytes allocated, garbage included
+DG_CMD_DROPPED = 15  # int, downlink messages dropped (the device's queue was full)
+DG_REFUSED_MALFORMED = 16  # int, downlink refused: not a message the protocol allows
+# The device's refusal counters, one slot each in the order it keeps them; diagnostics reports
+# slot RF_x as DG_REFUSED_x.
+RF_BAD_TAG = 0
+RF_EXPIRED = 1
+RF_REPLAY = 2
+RF_MALFORMED = 3
+
 # CONFIG (desired config, also the args of OP_SET_CONFIG)
 G_INTERVAL = 0  # int, seconds between reports
 G_DEADBANDS = 1  # map {metric id: delta in the metric's fixed-point units}

@@ -52,11 +52,6 @@ def parse(name: str) -> tuple[str, str, str]:
     return check_id(parts[2], "site"), check_id(parts[3], "device"), parts[4]
 
 
-def device_filter(site: str, device: str) -> str:
-    """The subtree one device owns: what its broker ACL grants."""
-    return PREFIX + check_id(site, "site") + "/" + check_id(device, "device") + "/#"
-
-
 def is_death_clear(name: str, payload: bytes) -> bool:
     """A zero-length payload on a `death` topic: a device back online deleting its retained
     DEATH (docs/PROTOCOL.md, "Transport"). Not a message: receivers skip it, never refuse it."""

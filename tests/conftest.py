@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker
-from tests.support.postgres import PostgresCluster
+from tests.support.postgres import PostgresCluster, session_cluster, stop_session_cluster
 from tests.support.upy import UpyResult, run_upy
 
 
@@ -36,13 +36,17 @@ def broker(broker_factory: Callable[..., Broker]) -> Broker:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
+def postgres() -> PostgresCluster:
     """ONE private PostgreSQL cluster (Debian's binaries, a temp dir, a free loopback port) for
-    the whole run, never the machine's own server. Session-scoped, so it is started lazily: the
-    first test that asks for it (a postgres-backed store) pays the start, a run without any
-    postgres test never starts it. Tests isolate themselves by schema (store_config)."""
-    with PostgresCluster() as pg:
-        yield pg
+    the whole run, never the machine's own server. Started lazily, by the first test that needs
+    it (this fixture, or a postgres store_config), so a run without postgres tests never starts
+    one; stopped and removed when the session finishes. Tests isolate themselves by schema."""
+    return session_cluster()
+
+
+@pytest.hookimpl(trylast=True)  # after the session fixtures' teardown, which may still use it
+def pytest_sessionfinish() -> None:
+    stop_session_cluster()
 
 
 @pytest.fixture

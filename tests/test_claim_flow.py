@@ -69,12 +69,16 @@ class Rig:
         finally:
             s.close()
 
-    def flash_for(self, tok: T.IssuedToken, name: str) -> Path:
+    def flash_for(self, tok: T.IssuedToken, name: str, wait_ms: int | None = None) -> Path:
+        """A board holding tok's claim bundle; wait_ms: its claim.wait_ms (default 8 s)."""
         flash = self.tmp / name
         flash.mkdir()
         broker = broker_block("127.0.0.1", self.broker.port, CLAIM_USER, CLAIM_PW)
         extra = {"interval": 1, "keepalive": 10, "sim": {"speed": 20, "seed": 3}}
-        write_bundle(flash / "config.json", claim_bundle(tok, broker, **extra))
+        cfg = claim_bundle(tok, broker, **extra)
+        if wait_ms is not None:
+            cfg["claim"]["wait_ms"] = wait_ms
+        write_bundle(flash / "config.json", cfg)
         return flash
 
     def claim(self, flash: Path, attempts: int = 2) -> UpyResult:
@@ -260,8 +264,12 @@ def test_forged_and_unknown_tokens_get_no_answer_and_are_counted(rig: Rig) -> No
     forged = T.IssuedToken(tok.id, tok.site, tok.zone, tok.kind, tok.expires, os.urandom(16))
     unknown = T.IssuedToken("0" * 16, "porto", "ribeira", "ap", tok.expires, os.urandom(16))
     for name, t in (("forged", forged), ("unknown", unknown)):
-        res = rig.claim(rig.flash_for(t, name), attempts=1)
+        # no answer ever comes: the board gives up after claim.wait_ms (8 s on a real board)
+        res = rig.claim(rig.flash_for(t, name, wait_ms=1000), attempts=1)
         assert res.returncode == 3 and "no answer" in res.stdout, res.stdout
+    # the responder counts each request when it sees it, which may be after the board gave up
+    counted = rig.responder.counters
+    assert wait_for(lambda: counted.get(T.FORGED) == 1 and counted.get(T.UNKNOWN) == 1, 10)
     assert rig.responder.counters.get(T.FORGED) == 1
     assert rig.responder.counters.get(T.UNKNOWN) == 1
     s = rig.store()

@@ -14,14 +14,14 @@ from controller.config import StoreConfig
 from controller.keys import MasterKey
 from controller.provisioning import tokens as T
 from controller.store import Store, open_store
-from tests.controller.conftest import BACKENDS, drop, store_config
+from tests.controller.conftest import BACKENDS, drop, raw_sql, store_config
 
 MASTER = MasterKey(bytes(range(32)))
 
 
 @pytest.fixture(params=BACKENDS)
 def cfg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreConfig]:
-    c = store_config(request, tmp_path)
+    c = store_config(request.param, tmp_path)
     yield c
     drop(c)
 
@@ -44,7 +44,7 @@ def test_issue_wraps_secret_and_lists_without_it(store: Store) -> None:
         assert t.secret not in rec.secret_wrapped  # only the AES-GCM wrap is stored
         assert ts.secret(rec) == t.secret
         assert rec.public()["state"] == "open" and "secret" not in str(rec.public())
-    rows = store._execute("SELECT * FROM claim_tokens")
+    rows = raw_sql(store, "SELECT * FROM claim_tokens")
     blobs = b"".join(bytes(v) for r in rows for v in r if isinstance(v, (bytes, memoryview)))
     texts = str([v for r in rows for v in r if isinstance(v, str)])
     assert all(t.secret not in blobs and t.secret.hex() not in texts for t in issued)
@@ -75,7 +75,7 @@ def test_single_use_under_a_race(cfg: StoreConfig) -> None:
     def claim(s: Store, n: int) -> None:
         ts = T.TokenStore(s, MASTER)
         barrier.wait(5)
-        with s._tx():
+        with s.transaction():  # as the claim responder does, with the device it creates
             wins.append(ts.mark_used(tok.id, f"dev-{n}", bytes([n]) * 32, time.time()))
 
     threads = [threading.Thread(target=claim, args=(s, i)) for i, s in enumerate(stores)]
@@ -88,6 +88,35 @@ def test_single_use_under_a_race(cfg: StoreConfig) -> None:
     assert rec is not None and rec.used_at is not None
     for s in [s0, *stores]:
         s.close()
+
+
+def test_tokens_made_before_migration_4_survive_the_upgrade(
+    cfg: StoreConfig, tmp_path: Path
+) -> None:
+    """Stores from before migration 4 may hold a claim_tokens table that provisioning created
+    itself: the upgrade keeps it and its tokens; a store without one gets the table."""
+    from controller.store.schema import LATEST, MIGRATIONS
+
+    s = open_store(cfg, migrate=False)
+    s.migrate(3)
+    with s.transaction():
+        for stmt in MIGRATIONS[3]:  # what TokenStore ran on first use before migration 4
+            raw_sql(s, stmt.format(blob=s.BLOB))
+    (tok,) = T.TokenStore(s, MASTER).issue("porto", "ribeira", "ap", 1, 3600)
+    assert s.migrate() == 3 and s.schema_version() == LATEST
+    rec = T.TokenStore(s, MASTER).get(tok.id)
+    assert rec is not None and T.TokenStore(s, MASTER).secret(rec) == tok.secret
+    s.close()
+    other = store_config(cfg.backend, tmp_path / "other")
+    fresh = open_store(other, migrate=False)
+    try:
+        fresh.migrate(3)
+        assert fresh.migrate() == 3 and fresh.schema_version() == LATEST
+        assert T.TokenStore(fresh, MASTER).issue("porto", "ribeira", "ap", 1, 3600)
+        assert len(T.TokenStore(fresh, MASTER).list()) == 1
+    finally:
+        fresh.close()
+        drop(other)
 
 
 def test_decide() -> None:

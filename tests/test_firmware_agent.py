@@ -5,6 +5,7 @@ agent's broker publishes its DEATH, config survives a reboot, a bad config is re
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,8 +83,9 @@ def test_commands_acked_and_refusals_counted(
     broker: Broker, obs: Observer, agents: Any, tmp_path: Path
 ) -> None:
     agents(make_flash(tmp_path, "ap-2", broker.port))
+    # the agent subscribes before it publishes birth, on one connection the broker reads in
+    # order: once birth is seen, a command reaches it
     obs.wait(lambda: obs.items("ap-2", "birth"), 20, "birth")
-    time.sleep(0.3)  # subscriptions are in place once birth is out; leave a margin
     _, seq, _ = obs.command("ap-2", M.OP_PING)
     assert obs.ack_for("ap-2", seq).body[M.A_RESULT] == M.R_OK  # type: ignore[index]
     # replay the very same signed bytes: refused, counted
@@ -108,8 +110,10 @@ def test_commands_acked_and_refusals_counted(
     assert replay_acks[1].msg.body[M.A_RESULT] == M.R_REPLAY
     _, seq5, _ = obs.command("ap-2", M.OP_DIAGNOSTICS)
     diag = obs.ack_for("ap-2", seq5).body[M.A_DATA]  # type: ignore[index]
-    assert diag[8] == 1 and diag[9] == 1 and diag[10] == 1  # bad tag, expired, replay
-    assert 0 < diag[1] <= diag[2]  # heap high water within the heap
+    assert diag[M.DG_REFUSED_BAD_TAG] == 1
+    assert diag[M.DG_REFUSED_EXPIRED] == 1
+    assert diag[M.DG_REFUSED_REPLAY] == 1
+    assert 0 < diag[M.DG_HEAP_HIGH_WATER] <= diag[M.DG_HEAP_SIZE]
     _, seq6, _ = obs.command("ap-2", 99)
     assert obs.ack_for("ap-2", seq6).body[M.A_RESULT] == M.R_UNKNOWN_OP  # type: ignore[index]
 
@@ -118,8 +122,7 @@ def test_set_config_persists_across_reboot(
     broker: Broker, obs: Observer, agents: Any, tmp_path: Path
 ) -> None:
     a = agents(make_flash(tmp_path, "ap-3", broker.port))
-    obs.wait(lambda: obs.items("ap-3", "birth"), 20, "birth")
-    time.sleep(0.3)
+    obs.wait(lambda: obs.items("ap-3", "birth"), 20, "birth")  # and so subscribed
     hash1 = obs.items("ap-3", "birth")[0].msg.body[M.B_CONFIG_HASH]  # type: ignore[index]
     _, seq, _ = obs.command("ap-3", M.OP_SET_CONFIG, {M.G_INTERVAL: 2, M.G_METRICS: [1, 16, 17]})
     assert obs.ack_for("ap-3", seq).body[M.A_RESULT] == M.R_OK  # type: ignore[index]
@@ -160,21 +163,35 @@ def test_sigkill_publishes_death(
     # ... and the device, back, clears it after its birth
     a.start()
     obs.wait(lambda: len(obs.items("ap-4", "birth")) >= 2, 20, "birth after restart")
-    time.sleep(0.3)
+    obs.wait(lambda: obs.cleared, 10, "the retained DEATH deleted")
     assert _retained(broker.port, "idu/1/porto/ap-4/death") == []
 
 
 def _retained(port: int, topic: str) -> list[bytes]:
-    """Payloads a fresh subscriber to topic receives as retained within a second."""
+    """Payloads a fresh subscriber to topic receives as retained. The broker sends them right
+    after the SUBACK, before anything published later on the same connection: so they have all
+    arrived once an echo published after the SUBACK comes back."""
     got: list[bytes] = []
+    echo = f"test/retained-echo/{time.monotonic_ns()}"
+    done = threading.Event()
+
+    def on_message(_c: Any, _u: Any, m: Any) -> None:
+        if m.topic == echo:
+            done.set()
+        elif m.retain:
+            got.append(bytes(m.payload))
+
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"retained-{time.monotonic_ns()}")
-    c.on_message = lambda _c, _u, m: got.append(bytes(m.payload)) if m.retain else None
+    c.on_message = on_message
+    c.on_subscribe = lambda cl, *_: cl.publish(echo, b"", qos=1)  # after both SUBACKs
     c.connect("127.0.0.1", port)
-    c.subscribe(topic, qos=1)
+    c.subscribe([(topic, 1), (echo, 1)])
     c.loop_start()
-    time.sleep(1.0)
-    c.loop_stop()
-    c.disconnect()
+    try:
+        assert done.wait(10), "no echo from the broker"
+    finally:
+        c.loop_stop()
+        c.disconnect()
     return got
 
 

@@ -1,10 +1,13 @@
-"""What keeps the agent's heap small stays true: the device loads only the protocol modules it
-uses, the firmware's private const() copies of wire numbers match protocol.messages, and the
-device's table-free downlink opener decides exactly like protocol.envelope.decode."""
+"""What keeps the agent's heap small stays true: each phase of the real agent leaves loaded only
+what the next one needs (firmware/heap.py), the device loads only the protocol modules it uses,
+the firmware's private const() copies of wire numbers match protocol.messages, and the device's
+table-free downlink opener decides exactly like protocol.envelope.decode."""
 
 from __future__ import annotations
 
+import json
 import re
+import runpy
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,8 @@ from protocol.downlink import open_downlink
 from protocol.envelope import Message, decode, encode
 from protocol.errors import ProtocolError
 from protocol.sign import Signer
+from tests.firmware.harness import Agent, Observer, make_flash
+from tests.support.broker import Broker, free_port
 from tests.support.upy import ROOT, run_upy
 from tools.firmware_build import build
 
@@ -23,16 +28,37 @@ KEY = bytes(range(32))
 SIGNER = Signer(KEY)
 
 
-def test_firmware_consts_match_messages() -> None:
-    checked = 0
+def _consts() -> list[tuple[str, str, int]]:
+    """(module file, name, value) of every decimal `NAME = const(n)` in firmware/*.py."""
+    out = []
     for path in sorted(FIRMWARE.glob("*.py")):
         for name, value in re.findall(
-            r"^_([A-Z][A-Z0-9_]*) = const\((-?\d+)\)", path.read_text(), re.M
+            r"^(_?[A-Z][A-Z0-9_]*) = const\((-?\d+)\)", path.read_text(), re.M
         ):
-            if hasattr(M, name):
-                assert getattr(M, name) == int(value), f"{path.name}: _{name}"
-                checked += 1
-    assert checked >= 40  # agent.py and cmds.py carry their wire numbers this way
+            out.append((path.name, name, int(value)))
+    return out
+
+
+def test_firmware_consts_match_messages() -> None:
+    checked = 0
+    for module, name, value in _consts():
+        if name.startswith("_") and hasattr(M, name[1:]):
+            assert getattr(M, name[1:]) == value, f"{module}: {name}"
+            checked += 1
+    assert checked >= 60  # agent.py, cmds.py, inbox.py and the boards carry wire numbers so
+
+
+def test_firmware_private_copies_match_the_public_const() -> None:
+    """A number one firmware module owns (agent.REBOOT) and another copies as a private const()
+    (cmds._REBOOT, to not import agent): the copy must say the same."""
+    public = {name: (module, value) for module, name, value in _consts() if name[0] != "_"}
+    checked = 0
+    for module, name, value in _consts():
+        if name.startswith("_") and name[1:] in public:
+            owner, want = public[name[1:]]
+            assert value == want, f"{module}: {name} = {value}, but {owner} says {want}"
+            checked += 1
+    assert checked >= 1
 
 
 def test_message_tables_name_the_topic_channels() -> None:
@@ -113,3 +139,124 @@ def test_device_loads_only_the_protocol_it_uses() -> None:
         assert name not in with_cmds
     # a command reads with protocol.reader alone, and refuses with codes, not exceptions
     assert "protocol.codec" not in with_cmds and "protocol.errors" not in with_cmds
+
+
+# What each phase of the agent leaves in sys.modules (besides the test's own "main" wrapper).
+# Boot leaves the board and the writer (the config hash) for the agent; the agent adds its own
+# modules, asyncio and the signing path; a command's modules go with its ack; a soft reboot
+# returns to what main.py started with.
+AFTER_BOOT = {"heap", "protocol", "protocol.writer", "backoff", "board_sim"}
+STEADY = AFTER_BOOT | {
+    "agent",
+    "link",
+    "mqtt_codec",
+    "ring",
+    "asyncio",
+    "asyncio.core",
+    "protocol.compat",
+    "protocol.sealing",
+    "protocol.sign",
+}
+AFTER_PHASE = {
+    "BOOT": AFTER_BOOT,
+    "DECODER": STEADY,  # in the agent; boot's own DECODER is checked by the group rule only
+    "ADMIT": STEADY | {"cmds"},
+    "SETTINGS": STEADY | {"cmds"},
+    "DECODER,COMMAND": STEADY,
+    "RECORD": STEADY,
+    "AGENT,board_sim": {"heap", "protocol"},
+}
+
+
+def _phases(console: str) -> list[tuple[str, set[str]]]:
+    out = []
+    for line in console.splitlines():
+        if line.startswith("idu-phase "):
+            _, groups, modules = line.split(" ", 2)
+            out.append((groups, set(eval(modules)) - {"main"}))
+    return out
+
+
+def test_every_phase_unloads_what_it_loaded(broker: Broker, tmp_path: Path) -> None:
+    """The real agent (tests/firmware/phases.py wraps heap.unload to print sys.modules after each
+    call) boots, answers a ping, a set_config, a diagnostics, a malformed and a forged command,
+    then a reboot, and boots again: after every unload() the groups it named are gone and the
+    modules left are exactly the phase's set above."""
+    table = runpy.run_path(str(FIRMWARE / "heap.py"))["_GROUPS"]  # plain Python: runs here too
+    groups_of = {ln.split()[0]: ln.split()[1:] for ln in table.strip().splitlines()}
+    obs = Observer(broker.port).start()
+    flash = make_flash(tmp_path, "ap-ph", broker.port)
+    agent = Agent(flash, heap="256K", entry=ROOT / "tests" / "firmware" / "phases.py").start()
+    try:
+        obs.wait(lambda: obs.items("ap-ph", "birth"), 20, "birth")
+        for op, args in (
+            (M.OP_PING, None),
+            (M.OP_SET_CONFIG, {M.G_INTERVAL: 2}),
+            (M.OP_DIAGNOSTICS, None),
+        ):
+            _, seq, _ = obs.command("ap-ph", op, args)
+            assert obs.ack_for("ap-ph", seq).body[M.A_RESULT] == M.R_OK  # type: ignore[index]
+        obs.publish_raw("idu/1/porto/ap-ph/cmd", b"\x93\x01\x02")  # not an envelope
+        _, seq, _ = obs.command("ap-ph", M.OP_PING, key=bytes(32))  # forged
+        assert obs.ack_for("ap-ph", seq).body[M.A_RESULT] == M.R_BAD_TAG  # type: ignore[index]
+        _, seq, _ = obs.command("ap-ph", M.OP_REBOOT)
+        obs.ack_for("ap-ph", seq)
+        obs.wait(
+            lambda: sum(g == "BOOT" for g, _ in _phases(agent.console())) >= 2,
+            20,
+            "the second boot",
+        )
+    finally:
+        agent.kill()
+        obs.stop()
+    phases = _phases(agent.console())
+    seen = [g for g, _ in phases]
+    assert seen.count("BOOT") == 2 and "AGENT,board_sim" in seen, seen
+    assert {"ADMIT", "SETTINGS", "DECODER,COMMAND", "RECORD"} <= set(seen), seen
+    for i, (groups, modules) in enumerate(phases):
+        for name in groups.split(","):
+            for mod in groups_of.get(name, [name]):
+                assert mod not in modules and "protocol." + mod not in modules, (i, groups, mod)
+        in_boot = groups == "DECODER" and "startup" in modules  # startup.py drops the decoder
+        if not in_boot:
+            assert modules == AFTER_PHASE[groups], (i, groups, sorted(modules))
+
+
+CLAIM_SCRIPT = """
+import sys
+import heap
+
+unload = heap.unload
+
+
+def watched(*groups):
+    unload(*groups)
+    print("idu-phase", sorted(sys.modules))
+
+
+heap.unload = watched
+import claim
+
+try:
+    claim.ensure(sys.argv[1], 1, 10)
+except claim.ClaimFailed as e:
+    print("FAILED", e)
+"""
+
+
+def test_claim_step_unloads_what_it_loaded(tmp_path: Path) -> None:
+    """A board with a claim bundle whose broker is unreachable: claim.ensure gives up, and its
+    heap.py CLAIM leaves only what main.py started with, so boot then starts as on any board."""
+    mpy = build()
+    flash = tmp_path / "board"
+    flash.mkdir()
+    port = free_port()  # nothing listens there
+    broker = {"host": "127.0.0.1", "port": port, "username": "claim", "password": "x"}
+    claim = {"id": "0123456789abcdef", "secret": "00" * 16, "wait_ms": 200}
+    (flash / "config.json").write_text(json.dumps({"kind": "ap", "claim": claim, "broker": broker}))
+    script = tmp_path / "claim_phase.py"  # a file: `-c` text costs heap too
+    script.write_text(CLAIM_SCRIPT)
+    res = run_upy(script, str(flash), heap="256K", path=[mpy, Path(".frozen")]).check()
+    assert "FAILED no answer" in res.stdout, res.stdout
+    phases = [ln for ln in res.stdout.splitlines() if ln.startswith("idu-phase ")]
+    assert len(phases) == 1 and set(eval(phases[0].split(" ", 1)[1])) == {"heap", "protocol"}

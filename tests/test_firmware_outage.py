@@ -4,7 +4,6 @@ each and in order, after it comes back; the buffer survives the agent being kill
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tests.firmware.harness import (
     make_flash,
     missing_seqs,
     persistent_broker,
+    ring_count,
     ring_entries,
 )
 from tests.support.broker import Broker
@@ -30,12 +30,14 @@ def test_broker_outage_every_report_once_in_order(
 ) -> None:
     broker = persistent_broker(broker_factory)
     obs = Observer(broker.port, persistent=True).start()
-    agent = Agent(make_flash(tmp_path, "ap-o1", broker.port, keepalive=5)).start()
+    flash = make_flash(tmp_path, "ap-o1", broker.port, keepalive=5)
+    agent = Agent(flash).start()
     try:
         obs.wait(lambda: len(obs.reports("ap-o1")) >= 10, 20, "10 reports")
         broker.stop()
         before = len(obs.reports("ap-o1"))
-        time.sleep(2.0)  # about 40 reports made offline (20 per second)
+        # about 40 reports made offline (20 per second), waiting on flash
+        obs.wait(lambda: ring_count(flash) >= 40, 20, "40 reports buffered")
         broker.start()
         obs.wait(lambda: len(obs.items("ap-o1", "birth")) >= 2, 20, "birth after the outage")
         birth2 = obs.items("ap-o1", "birth")[1].msg
@@ -69,13 +71,13 @@ def test_buffer_survives_kill_mid_outage(
     try:
         obs.wait(lambda: len(obs.reports("ap-o2")) >= 5, 20, "5 reports")
         broker.stop()
-        time.sleep(1.0)
+        obs.wait(lambda: ring_count(flash) >= 15, 20, "15 reports buffered")
         agent.kill(signal.SIGKILL)
         buffered = ring_entries(flash)
         assert len(buffered) >= 10
         assert all(m.epoch == 1 and m.type == M.REPORT for m in buffered)
         agent.start()  # reboots into epoch 2 with the broker still down
-        time.sleep(1.0)
+        obs.wait(lambda: "boot epoch 2" in agent.console(), 20, "the agent's second boot")
         broker.start()
         obs.wait(
             lambda: [s for s in obs.items("ap-o2", "birth") if s.msg.epoch == 2],

@@ -55,7 +55,7 @@ def test_crash_loop_enters_safe_mode(broker: Broker, tmp_path: Path) -> None:
         assert earlier and not any(earlier)
         _, seq, _ = obs.command("sn-crash", M.OP_DIAGNOSTICS)
         diag = obs.ack_for("sn-crash", seq).body[M.A_DATA]  # type: ignore[index]
-        assert diag[11] is True and diag[12] == 0  # safe mode, no reports made
+        assert diag[M.DG_SAFE_MODE] is True and diag[M.DG_REPORTS] == 0  # no reports made
         assert agent.proc is not None and agent.proc.poll() is None  # stays up: no sensors
         assert not obs.reports("sn-crash") or all(s.msg.epoch < 4 for s in obs.reports("sn-crash"))
     finally:

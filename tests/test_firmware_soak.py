@@ -4,7 +4,6 @@ the diagnostics command stays below the heap size."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ def test_2000_reports_without_memory_error(broker: Broker, tmp_path: Path) -> No
     agent = Agent(flash).start()
     try:
         obs.wait(lambda: len(obs.reports("ap-soak")) >= REPORTS, 60, f"{REPORTS} reports")
-        time.sleep(0.2)
         _, seq, _ = obs.command("ap-soak", M.OP_DIAGNOSTICS)
         diag = obs.ack_for("ap-soak", seq).body[M.A_DATA]  # type: ignore[index]
         assert agent.proc is not None and agent.proc.poll() is None
@@ -36,7 +34,16 @@ def test_2000_reports_without_memory_error(broker: Broker, tmp_path: Path) -> No
     order, dups = check_stream(obs, "ap-soak")
     assert len(order) >= REPORTS and dups == 0
     heap = int(HEAP.rstrip("K")) * 1024
-    assert diag[2] <= heap  # heap size as the agent sees it
-    assert 0 < diag[1] < diag[2]  # live high water below the heap
-    assert diag[12] >= REPORTS and diag[7] == 0  # reports made, none dropped
-    print("heap", diag[2], "high water", diag[1], "peak", diag[14], "free", diag[0])
+    assert diag[M.DG_HEAP_SIZE] <= heap  # heap size as the agent sees it
+    assert 0 < diag[M.DG_HEAP_HIGH_WATER] < diag[M.DG_HEAP_SIZE]  # live high water below the heap
+    assert diag[M.DG_REPORTS] >= REPORTS and diag[M.DG_DROPPED] == 0  # reports made, none dropped
+    print(
+        "heap",
+        diag[M.DG_HEAP_SIZE],
+        "high water",
+        diag[M.DG_HEAP_HIGH_WATER],
+        "peak",
+        diag[M.DG_HEAP_PEAK],
+        "free",
+        diag[M.DG_HEAP_FREE],
+    )

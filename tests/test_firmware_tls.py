@@ -5,12 +5,12 @@ restarts; an agent trusting another CA never gets through."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from controller.provisioning.bundles import broker_block
 from controller.security import ca
 from tests.firmware.harness import Agent, Observer, make_flash
 from tests.support.broker import Broker, free_port
@@ -42,27 +42,23 @@ def test_agent_over_tls(broker_factory: Callable[..., Broker], tmp_path: Path) -
     # after the restart reaches the observer even if it reconnects later than the agent
     obs = Observer(broker.port, persistent=True).start()
 
-    def tls(ca_file: Path) -> dict[str, object]:
-        return {
-            "host": "127.0.0.1",
-            "port": tls_port,
-            "tls": True,
-            "ca": str(ca_file),
-            "username": None,
-            "password": None,
-        }
+    def tls(device: str, ca_file: Path) -> dict[str, object]:
+        return broker_block("127.0.0.1", tls_port, device, None, True, str(ca_file))
 
-    good = Agent(make_flash(tmp_path, "ap-tls", 0, broker=tls(cadir / "ca.crt"))).start()
-    bad = Agent(make_flash(tmp_path, "ap-rogue", 0, broker=tls(other / "ca.crt"))).start()
+    good = Agent(make_flash(tmp_path, "ap-tls", 0, broker=tls("ap-tls", cadir / "ca.crt"))).start()
+    bad = Agent(
+        make_flash(tmp_path, "ap-rogue", 0, broker=tls("ap-rogue", other / "ca.crt"))
+    ).start()
     try:
         obs.wait(lambda: len(obs.reports("ap-tls")) >= 5, 30, "reports over TLS")
-        time.sleep(1.0)
+        obs.wait(lambda: "link down" in bad.console(), 30, "the rogue agent's TLS failure")
         assert not obs.items("ap-rogue")
         assert not obs.bad
         # a broker restart: the agent reconnects over TLS (in its 64 KiB heap, after running
         # a while) and the reports made meanwhile arrive
+        downs = good.console().count("link down")
         broker.stop()
-        time.sleep(1.0)
+        obs.wait(lambda: good.console().count("link down") > downs, 30, "the agent sees it")
         broker.start()
         try:
             obs.wait(lambda: len(obs.items("ap-tls", "birth")) >= 2, 30, "birth after a restart")

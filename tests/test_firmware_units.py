@@ -113,6 +113,9 @@ def test_config_defaults_and_errors(fw: Any) -> None:
     cfg = fw.validate(dict(raw))
     assert cfg["interval"] == 60 and cfg["broker"]["username"] == "ap-1"
     assert cfg["crash"] == {"max": 3, "window": 300, "stable": 60}
+    assert cfg["broker"]["wait_ms"] == 10000  # the link's CONNACK / stalled-write limit
+    with pytest.raises(fw.ConfigError, match=r"'broker\.wait_ms' must be an int"):
+        fw.validate({**raw, "broker": {"host": "h", "port": 1, "wait_ms": "10s"}})
     with pytest.raises(fw.ConfigError, match=r"'broker\.host' is missing"):
         fw.validate({**raw, "broker": {"port": 1}})
     with pytest.raises(fw.ConfigError, match=r"'batch' must be 1\.\.4"):

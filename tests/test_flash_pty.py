@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from esptool.bin_image import ELFSection, ESP32FirmwareImage, ESP32S3FirmwareImage
 
+from controller.provisioning.bundles import broker_block, device_bundle
 from tests.support.pty_device import PtyDevice
 from tests.support.upy import micropython_binary
 from tools import flash as F
@@ -32,22 +33,8 @@ def snapshot(d: Path) -> dict[str, str]:
 
 
 def make_bundle(tmp: Path, device: str = "ap-0001", mode: int = 0o600) -> Path:
-    doc = {
-        "device": device,
-        "site": "porto",
-        "zone": "ribeira",
-        "kind": "ap",
-        "key": "ab" * 32,
-        "broker": {
-            "host": "127.0.0.1",
-            "port": 1883,
-            "tls": False,
-            "ca": None,
-            "username": device,
-            "password": "s3cret-pw",
-        },
-        "board": "sim",
-    }
+    broker = broker_block("127.0.0.1", 1883, device, "s3cret-pw")
+    doc = device_bundle(device, "porto", "ribeira", "ap", b"\xab" * 32, broker, board="sim")
     p = tmp / f"bundle-{device}.json"
     p.write_text(json.dumps(doc))
     p.chmod(mode)
@@ -76,7 +63,7 @@ def test_copy_verify_commit_on_the_unix_port(
     (fs / "_mpy" / "backoff.mpy").write_bytes(b"old")
     bundle = make_bundle(tmp_path)
     item, device = F.load_bundle(bundle)
-    plan = F.Plan(board.port, F.BOARDS["unix"], None, False, (*unix_plan_items, item), device)
+    plan = F.Plan(board.port, F.BOARDS["sim"], None, False, (*unix_plan_items, item), device)
     seen: list[tuple[str, int, int]] = []
     result = F.execute(plan, lambda ph, d, t: seen.append((ph, d, t)), timeout=5)
 
@@ -127,7 +114,7 @@ def test_verify_mismatch_leaves_the_previous_install(
         F.CopyItem("_mpy/protocol/x.mpy", b"x" * 100, "test"),
         F.load_bundle(make_bundle(tmp_path))[0],
     )
-    plan = F.Plan(board.port, F.BOARDS["unix"], None, False, items, "ap-0001")
+    plan = F.Plan(board.port, F.BOARDS["sim"], None, False, items, "ap-0001")
     real_write = F.Device.write
 
     def flaky_write(self: F.Device, path: str, data: bytes, cb: object) -> None:
@@ -179,7 +166,7 @@ def test_cli_flash_agent_and_dry_run(board: PtyDevice, tmp_path: Path) -> None:
 def test_wrong_board_is_refused(board: PtyDevice) -> None:
     r = CliRunner().invoke(cli, ["flash", "--port", board.port, "--board", "esp32"])
     assert r.exit_code == 1
-    assert "MicroPython linux board, not esp32: pass --board unix" in r.output
+    assert "MicroPython linux board, not esp32: pass --board sim" in r.output
     assert snapshot(board.fs_dir) == {}
 
 
@@ -311,7 +298,7 @@ def test_source_files_are_computed(tmp_path: Path) -> None:
         "protocol/__init__.py",
     ]
     with pytest.raises(F.FlashError, match=r"mpy-cross failed on firmware/broken\.py"):
-        F.compile_sources(files, F.BOARDS["unix"], tmp_path)
+        F.compile_sources(files, F.BOARDS["sim"], tmp_path)
     items = F.compile_sources(files[1:], F.BOARDS["esp32"], tmp_path)
     assert [i.dest for i in items] == [
         "main.py",

@@ -161,7 +161,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-@pytest.mark.parametrize(("package", "bare"), [("controller", False), ("firmware", True)])
+@pytest.mark.parametrize(
+    ("package", "bare"), [("controller", False), ("firmware", True), ("sim", False)]
+)
 def test_no_import_cycles(package: str, bare: bool) -> None:
     found = cycles(_graph(package, bare))
     assert not found, f"import cycles in {package}/: {found}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -32,18 +33,12 @@ def test_the_cluster_is_private(postgres: PostgresCluster) -> None:
     )
 
 
-def test_the_store_fixture_uses_the_private_cluster(postgres: PostgresCluster) -> None:
+def test_store_config_uses_the_same_private_cluster(
+    postgres: PostgresCluster, tmp_path: Path
+) -> None:
     from tests.controller.conftest import store_config
 
-    class Req:  # what store_config needs of a parametrised request
-        param = "postgres"
-
-        @staticmethod
-        def getfixturevalue(name: str) -> PostgresCluster:
-            assert name == "postgres"
-            return postgres
-
-    cfg = store_config(Req(), None)  # type: ignore[arg-type]
+    cfg = store_config("postgres", tmp_path)
     assert cfg.dsn == postgres.dsn and f"port={postgres.port}" in cfg.dsn
 
 

@@ -239,11 +239,12 @@ def test_rotate_key_with_the_real_agent(world: World) -> None:
         new_key = bytes.fromhex(json.loads((flash / "config.json").read_text())["key"])
         assert new_key != key
         from controller.store.sqlite import SqliteStore
+        from tests.controller.conftest import raw_sql
 
         s = SqliteStore(world.db)
         try:
             assert registry.device_key(s, world.master, device) == new_key
-            cmds = s._execute("SELECT args FROM commands WHERE op = ?", (M.OP_ROTATE_KEY,))
+            cmds = raw_sql(s, "SELECT args FROM commands WHERE op = ?", (M.OP_ROTATE_KEY,))
         finally:
             s.close()
         assert new_key.hex() not in str(cmds)  # the key is not recorded in clear

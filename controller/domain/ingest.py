@@ -204,7 +204,7 @@ class IngestCore:
                 _json_map(body.get(M.A_DATA)),
             )
         return Accepted(
-            dev.id, dev.zone, msg.epoch, msg.seq, msg.type, now, base, (), event, ack, samples
+            dev.id, dev.zone, msg.epoch, msg.seq, msg.type, now, base, event, ack, samples
         )
 
     def _who_signed(self, topic: str, payload: bytes, owner: str, now: float) -> str | None:

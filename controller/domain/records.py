@@ -6,11 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# One sample of one metric: (sample index in a BATCH, metric id, unix ts, value in physical
-# units per protocol.metrics.real). A plain tuple: a report makes a dozen of these per message,
-# so construction cost matters on the hot path.
-MetricRow = tuple[int, int, float, float]
-
 # One sample as the ingest core produces it: (index in a BATCH, unix ts, {metric id: value in
 # physical units}). One dict per sample instead of a tuple per metric: the MQTT loop thread pays
 # for building it, and the store packs the dict as it is (raw_samples.vals).
@@ -44,25 +39,9 @@ class Accepted:
     mtype: int
     received: float  # controller clock, unix seconds
     ts: float  # the message's own time (its ts, or `received` when the sender has no clock)
-    rows: tuple[MetricRow, ...] = ()  # either rows or samples (the core fills samples)
     event: DeviceEvent | None = None
     ack: AckRecord | None = None
     samples: tuple[Sample, ...] = ()
-
-    def all_samples(self) -> tuple[Sample, ...]:
-        """The metric values grouped per sample, whichever form they were given in."""
-        if self.samples or not self.rows:
-            return self.samples
-        out: list[Sample] = []
-        for i, mid, ts, v in self.rows:
-            if not out or out[-1][0] != i:
-                out.append((i, ts, {}))
-            out[-1][2][mid] = v
-        return tuple(out)
-
-    def metric_rows(self) -> list[MetricRow]:
-        """One (sample, metric, ts, value) per metric value (tests, tools; not the hot path)."""
-        return [(i, mid, ts, v) for i, ts, vals in self.all_samples() for mid, v in vals.items()]
 
 
 @dataclass(frozen=True)

@@ -3,68 +3,36 @@ per-(key, metric, hour) aggregates that the store merges into its rollup tables.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 
 from controller.domain.records import Accepted
 
 HOUR = 3600
 
-
-@dataclass
-class Agg:
-    """count, min, max, sum and the latest value (by sample time) of one metric in one hour."""
-
-    n: int
-    vmin: float
-    vmax: float
-    vsum: float
-    last: float
-    last_ts: float
-
-    def add(self, ts: float, value: float) -> None:
-        self.n += 1
-        self.vmin = min(self.vmin, value)
-        self.vmax = max(self.vmax, value)
-        self.vsum += value
-        if ts >= self.last_ts:
-            self.last = value
-            self.last_ts = ts
-
-    def merge(self, other: Agg) -> None:
-        self.n += other.n
-        self.vmin = min(self.vmin, other.vmin)
-        self.vmax = max(self.vmax, other.vmax)
-        self.vsum += other.vsum
-        if other.last_ts >= self.last_ts:
-            self.last = other.last
-            self.last_ts = other.last_ts
-
-    @property
-    def mean(self) -> float:
-        return self.vsum / self.n
-
-
-def hour_of(ts: float) -> int:
-    return int(ts // HOUR) * HOUR
-
-
-def fold(samples: Iterable[tuple[str, int, float, float]]) -> dict[tuple[str, int, int], Agg]:
-    """(key, metric, ts, value) -> {(key, metric, hour start): Agg}, key being a device or zone."""
-    out: dict[tuple[str, int, int], Agg] = {}
-    for key, metric, ts, value in samples:
-        k = (key, metric, hour_of(ts))
-        agg = out.get(k)
-        if agg is None:
-            out[k] = Agg(1, value, value, value, value, ts)
-        else:
-            agg.add(ts, value)
-    return out
-
-
 # (key, metric, hour start) -> [count, min, max, sum, last value, last ts]: plain lists, since a
 # batch folds thousands of samples and attribute access on a dataclass costs more than indexing.
 Deltas = dict[tuple[str, int, int], list[float]]
+
+
+def merge(into: list[float], other: Sequence[float]) -> None:
+    """The rollup merge rule, written once: fold the aggregate `other` into `into` (both
+    [count, min, max, sum, last value, last ts] of one key and metric). Counts and sums add,
+    min and max combine, and "last" is the value with the latest sample time, `other`'s on
+    equal times, so merging in the order things were stored makes the later one win.
+
+    Used by fold_batch (zones, mixed metric sets) and by the store's reads (rollup row, then
+    its pending deltas in the order they were added). The store's SQL (store/rollups.py:
+    _merge_sql, for the upsert and the compaction) states the same rule column by column;
+    tests/controller/test_store.py checks that both give what a per-value fold gives."""
+    into[0] += other[0]
+    if other[1] < into[1]:
+        into[1] = other[1]
+    if other[2] > into[2]:
+        into[2] = other[2]
+    into[3] += other[3]
+    if other[5] >= into[5]:
+        into[4] = other[4]
+        into[5] = other[5]
 
 
 def fold_batch(messages: Iterable[Accepted]) -> tuple[Deltas, Deltas]:
@@ -77,16 +45,15 @@ def fold_batch(messages: Iterable[Accepted]) -> tuple[Deltas, Deltas]:
     metrics in the same order (a device reports a fixed set), each metric's values are one
     column and count/min/max/sum are builtins over it, about 3x faster than a dict update per
     value (the store thread holds the GIL the MQTT loop needs meanwhile); otherwise the group
-    is folded value by value."""
+    is merged value by value."""
     groups: dict[tuple[str, int], tuple[list[float], list[dict[int, float]]]] = {}
     zone_of: dict[str, str] = {}
     for m in messages:
-        samples = m.samples or m.all_samples()
-        if not samples:
+        if not m.samples:
             continue
         d = m.device
         zone_of[d] = m.zone
-        for _, ts, vals in samples:
+        for _, ts, vals in m.samples:
             gk = (d, int(ts // HOUR) * HOUR)
             g = groups.get(gk)
             if g is None:
@@ -114,28 +81,14 @@ def fold_batch(messages: Iterable[Accepted]) -> tuple[Deltas, Deltas]:
                 a = dev.get(k)
                 if a is None:
                     dev[k] = [1, v, v, v, v, ts]
-                    continue
-                a[0] += 1
-                if v < a[1]:
-                    a[1] = v
-                elif v > a[2]:
-                    a[2] = v
-                a[3] += v
-                if ts >= a[5]:
-                    a[4] = v
-                    a[5] = ts
+                else:
+                    merge(a, (1, v, v, v, v, ts))
     zone: Deltas = {}
     for (d, mid, hour), a in dev.items():
         k = (zone_of[d], mid, hour)
         z = zone.get(k)
         if z is None:
             zone[k] = list(a)
-            continue
-        z[0] += a[0]
-        z[1] = min(z[1], a[1])
-        z[2] = max(z[2], a[2])
-        z[3] += a[3]
-        if a[5] >= z[5]:
-            z[4] = a[4]
-            z[5] = a[5]
+        else:
+            merge(z, a)
     return dev, zone

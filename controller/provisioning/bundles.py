@@ -8,10 +8,25 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from controller.errors import ControllerError
-from controller.provisioning.tokens import IssuedToken
+
+
+class ClaimToken(Protocol):
+    """What a claim bundle needs of a token (tokens.IssuedToken has it). A protocol, not an
+    import: tokens imports the registry, which builds its bundles here."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def secret(self) -> bytes: ...
+    @property
+    def site(self) -> str: ...
+    @property
+    def zone(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
 
 
 class BundleError(ControllerError):
@@ -36,7 +51,27 @@ def broker_block(
     }
 
 
-def claim_bundle(token: IssuedToken, broker: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def device_bundle(
+    device: str, site: str, zone: str, kind: str, key: bytes, broker: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """The config.json a device boots with (docs/DEVICE-CONFIG.md): its identity, its HMAC key
+    and the broker block (broker_block()), then optional agent fields from extra (interval,
+    board, keepalive, sim...; a key in extra replaces the one above). The one place a full
+    bundle is assembled: the registry, provisioning, the firmware tools, the demo and the tests
+    all call it. Not validated here: the agent refuses a bad one naming the field."""
+    cfg: dict[str, Any] = {
+        "device": device,
+        "site": site,
+        "zone": zone,
+        "kind": kind,
+        "key": key.hex(),
+        "broker": dict(broker),
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def claim_bundle(token: ClaimToken, broker: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The config.json a board is flashed with before it has an identity (firmware/claim.py
     turns it into a full bundle). extra adds optional agent fields (interval, board, sim...)."""
     cfg: dict[str, Any] = {

@@ -181,7 +181,7 @@ class ClaimResponder:
                 except SecurityError as e:
                     raise T.ClaimError(f"broker refused the account: {e}", T.REFUSED) from e
             try:
-                with self.store._tx():
+                with self.store.transaction():
                     if not self.tokens.mark_used(rec.id, device, req.public, now):
                         raise T.ClaimError(f"token {rec.id} was claimed concurrently", T.USED)
                     new = registry.create_device(

@@ -1,15 +1,15 @@
-"""Claim tokens: issuing, the pure claimability check, and their table in the IDU store.
+"""Claim tokens: issuing, the pure claimability check, and keeping them in the IDU store.
 
 A token is an 8-byte id (public: it names the bootstrap topics) and a 16-byte secret that only the
 claim bundle and the store hold. The responder needs the secret itself (it verifies the board's
 HMAC and MACs its answer with it), so the store keeps it wrapped under the master key, like the
 device keys (controller.keys), with the token id as associated data; never a plain copy.
 Single use is enforced by one conditional UPDATE (`... WHERE used_at IS NULL`), atomic on both
-backends. Imports the store and keys, never transport/ or api/."""
+backends. The table and its SQL belong to the store (store/claims.py, migration 4). Imports the
+store and keys, never transport/ or api/."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Sequence
@@ -20,6 +20,7 @@ from controller.errors import ControllerError
 from controller.keys import MasterKey
 from controller.registry import KINDS, zone_problem
 from controller.store.base import Store
+from controller.store.claims import TokenRecord as TokenRecord  # re-exported: T.TokenRecord
 from protocol import ProtocolError
 from protocol import claim as wire
 from protocol.topics import check_id
@@ -40,23 +41,6 @@ MALFORMED = "malformed"  # not a claim request at all
 REFUSED = "refused"  # registry or broker refused the new device
 RESULTS = (OK, REDELIVERED, UNKNOWN, USED, EXPIRED, FORGED, MALFORMED, REFUSED)
 
-_TABLE = """CREATE TABLE IF NOT EXISTS claim_tokens (
-    id TEXT PRIMARY KEY,
-    secret_wrapped {blob} NOT NULL,
-    site TEXT NOT NULL,
-    zone TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    created DOUBLE PRECISION NOT NULL,
-    expires DOUBLE PRECISION NOT NULL,
-    used_at DOUBLE PRECISION,
-    device_id TEXT,
-    board_pub {blob},
-    extra TEXT NOT NULL DEFAULT '{{}}'
-)"""
-_COLS = (
-    "id, secret_wrapped, site, zone, kind, created, expires, used_at, device_id, board_pub, extra"
-)
-
 
 class ClaimError(ControllerError):
     """A token could not be issued or a claim was refused; `code` is one of RESULTS,
@@ -75,35 +59,6 @@ class IssuedToken:
     kind: str
     expires: float
     secret: bytes = field(repr=False)
-
-
-@dataclass(frozen=True)
-class TokenRecord:
-    id: str
-    secret_wrapped: bytes
-    site: str
-    zone: str
-    kind: str
-    created: float
-    expires: float
-    used_at: float | None = None
-    device_id: str | None = None
-    board_pub: bytes | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def public(self, now: float | None = None) -> dict[str, Any]:
-        """The listing view: never the secret."""
-        now = time.time() if now is None else now
-        state = "used" if self.used_at is not None else "expired" if now >= self.expires else "open"
-        return {
-            "id": self.id,
-            "site": self.site,
-            "zone": self.zone,
-            "kind": self.kind,
-            "expires": self.expires,
-            "state": state,
-            "device": self.device_id,
-        }
 
 
 def check_request_fields(
@@ -162,31 +117,14 @@ def decide(rec: TokenRecord, board_pub: bytes, now: float) -> str:
     return OK
 
 
-def _record(row: tuple[Any, ...]) -> TokenRecord:
-    return TokenRecord(
-        id=row[0],
-        secret_wrapped=bytes(row[1]),
-        site=row[2],
-        zone=row[3],
-        kind=row[4],
-        created=row[5],
-        expires=row[6],
-        used_at=row[7],
-        device_id=row[8],
-        board_pub=bytes(row[9]) if row[9] is not None else None,
-        extra=json.loads(row[10]),
-    )
-
-
 class TokenStore:
-    """Claim tokens in the IDU store (its own table, created on first use). Same threading rule
-    as the Store it wraps: one thread at a time."""
+    """Claim tokens for provisioning: issues them with their secrets wrapped, unwraps a secret
+    for the responder, and claims, withdraws and lists them through the store's claim-token
+    methods (store/claims.py). Same threading rule as the Store it wraps: one thread at a time."""
 
     def __init__(self, store: Store, master: MasterKey) -> None:
         self.store = store
         self.master = master
-        with store._tx():
-            store._execute(_TABLE.format(blob=store.BLOB))
 
     def _aad(self, token_id: str) -> str:
         return "claim:" + token_id  # never equal to a device id (':' is not allowed in ids)
@@ -207,57 +145,37 @@ class TokenStore:
         now = time.time() if now is None else now
         check_request_fields(site, zone, kind, ttl, count, zones)
         out = [new_token(site, zone, kind, ttl, now) for _ in range(count)]
-        rows = [
-            (
-                t.id,
-                self.master.wrap(self._aad(t.id), t.secret),
-                site,
-                zone,
-                kind,
-                now,
-                t.expires,
-                json.dumps(extra or {}, sort_keys=True),
-            )
-            for t in out
-        ]
-        with self.store._tx():
-            self.store._executemany(
-                "INSERT INTO claim_tokens (id, secret_wrapped, site, zone, kind, created, expires,"
-                " extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+        self.store.add_claim_tokens(
+            [
+                TokenRecord(
+                    id=t.id,
+                    secret_wrapped=self.master.wrap(self._aad(t.id), t.secret),
+                    site=site,
+                    zone=zone,
+                    kind=kind,
+                    created=now,
+                    expires=t.expires,
+                    extra=dict(extra or {}),
+                )
+                for t in out
+            ]
+        )
         return out
 
     def get(self, token_id: str) -> TokenRecord | None:
-        rows = self.store._execute(f"SELECT {_COLS} FROM claim_tokens WHERE id = ?", (token_id,))
-        return _record(rows[0]) if rows else None
+        return self.store.get_claim_token(token_id)
 
     def secret(self, rec: TokenRecord) -> bytes:
         return self.master.unwrap(self._aad(rec.id), rec.secret_wrapped)
 
     def mark_used(self, token_id: str, device_id: str, board_pub: bytes, now: float) -> bool:
         """Claim the token atomically; False if someone else got there first. Call inside the
-        transaction that creates the device, so both happen or neither."""
-        rows = self.store._execute(
-            "UPDATE claim_tokens SET used_at = ?, device_id = ?, board_pub = ?"
-            " WHERE id = ? AND used_at IS NULL AND expires > ? RETURNING id",
-            (now, device_id, board_pub, token_id, now),
-        )
-        return bool(rows)
+        transaction that creates the device (Store.transaction), so both happen or neither."""
+        return self.store.use_claim_token(token_id, device_id, board_pub, now)
 
     def delete(self, token_ids: list[str]) -> None:
         """Withdraw unused tokens (a bundle could not be written: no token without its bundle)."""
-        with self.store._tx():
-            for t in token_ids:
-                self.store._execute(
-                    "DELETE FROM claim_tokens WHERE id = ? AND used_at IS NULL", (t,)
-                )
+        self.store.delete_claim_tokens(token_ids)
 
     def list(self, zone: str | None = None) -> list[TokenRecord]:
-        if zone is None:
-            rows = self.store._execute(f"SELECT {_COLS} FROM claim_tokens ORDER BY created, id")
-        else:
-            rows = self.store._execute(
-                f"SELECT {_COLS} FROM claim_tokens WHERE zone = ? ORDER BY created, id", (zone,)
-            )
-        return [_record(r) for r in rows]
+        return self.store.list_claim_tokens(zone)

@@ -13,7 +13,9 @@ from psycopg import sql as pgsql
 
 from controller.domain.records import Accepted, DeviceUpdate
 from controller.errors import StoreError
-from controller.store.base import Store, device_update_rows
+from controller.store.base import Store
+from controller.store.rollups import ROLLUP_COLS
+from controller.store.writes import device_update_rows
 
 
 def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
@@ -26,7 +28,6 @@ class PostgresStore(Store):
     SERIAL = "BIGSERIAL PRIMARY KEY"
     LEAST = "LEAST"
     GREATEST = "GREATEST"
-    HOUR = "(FLOOR(ts / 3600) * 3600)::BIGINT"
 
     def __init__(self, dsn: str, schema: str) -> None:
         self.schema = schema
@@ -45,7 +46,6 @@ class PostgresStore(Store):
             raise StoreError(
                 f"cannot open PostgreSQL store ({e.__class__.__name__}: {e}); check store.dsn"
             ) from e
-        self._depth = 0
         self._masks = {}
         self._types: dict[str, list[str]] = {}
 
@@ -120,7 +120,7 @@ class PostgresStore(Store):
         """DELETE ... RETURNING feeds the fold: exactly the deltas this statement removes are
         folded, whatever other controllers commit meanwhile (their new deltas wait for the
         next compaction)."""
-        cols = f"id, {keycol}, metric, hour, n, vmin, vmax, vsum, vlast, last_ts"
+        cols = f"id, {keycol}, metric, hour, {ROLLUP_COLS}"
         rows = self._execute(
             f"WITH gone AS (DELETE FROM {table}_delta RETURNING {cols}),"
             f" folded AS ({self._fold_sql(table, keycol, 'gone')})"

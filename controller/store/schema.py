@@ -4,6 +4,8 @@ metric values are physical units (protocol.metrics.real)."""
 
 from __future__ import annotations
 
+MASK_BITS = 62  # raw_samples.mask (migration 2): bit (metric % 62), within a signed 64-bit integer
+
 MIGRATIONS: list[list[str]] = [
     # 1: registry, ingest, rollups, presence, events, commands
     [
@@ -165,6 +167,24 @@ MIGRATIONS: list[list[str]] = [
             vsum DOUBLE PRECISION NOT NULL,
             vlast DOUBLE PRECISION NOT NULL,
             last_ts DOUBLE PRECISION NOT NULL
+        )""",
+    ],
+    # 4: claim tokens (store/claims.py). Until this migration provisioning created the table
+    # itself on first use, with this same definition: IF NOT EXISTS upgrades those stores too,
+    # keeping their tokens. `secret_wrapped` is the token secret under the master key.
+    [
+        """CREATE TABLE IF NOT EXISTS claim_tokens (
+            id TEXT PRIMARY KEY,
+            secret_wrapped {blob} NOT NULL,
+            site TEXT NOT NULL,
+            zone TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            expires DOUBLE PRECISION NOT NULL,
+            used_at DOUBLE PRECISION,
+            device_id TEXT,
+            board_pub {blob},
+            extra TEXT NOT NULL DEFAULT '{{}}'
         )""",
     ],
 ]

@@ -49,6 +49,8 @@ class BlockingClient:
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            # A refused login must fail now, not wait in paho's 1 s reconnect sleep at close().
+            reconnect_on_failure=False,
         )
         if username:
             self._client.username_pw_set(username, password or None)

@@ -102,7 +102,9 @@ def test_each_bad_input_counted_nothing_stored(
     finally:
         ct.stop()
     s = open_store(store_cfg)
-    assert s.message_keys("dev-a") == [(1, 1)]  # only the good report
+    # exactly three messages stored: dev-a's good report, dev-b's BIRTH and its report
+    assert s.count("messages") == 3
+    assert "birth" in [p["reason"] for p in s.presence_events("dev-b")]
     assert [v for _, v in s.raw_series("dev-a", 16, 0, 2e9)] == [5.0]
     assert [v for _, v in s.raw_series("dev-b", 16, 0, 2e9)] == [7.0]
     s.close()

