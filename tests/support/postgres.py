@@ -35,8 +35,8 @@ from types import TracebackType
 import psycopg
 
 from tests.support.broker import free_port
+from tools import binaries
 
-PG_ROOT = Path("/usr/lib/postgresql")
 SYSTEM_USER = "postgres"  # Debian's package creates it; the server runs as it when we are root
 SUPERUSER = "postgres"  # the cluster's superuser role (initdb -U), whoever runs the server
 DBNAME = "idufleet_test"
@@ -55,21 +55,6 @@ SPEED_SETTINGS = {
 }
 
 
-def bindir() -> Path:
-    """The newest installed major version's bin directory (it must have initdb and postgres)."""
-    found = [
-        d / "bin"
-        for d in PG_ROOT.glob("*")
-        if (d / "bin" / "initdb").is_file() and (d / "bin" / "postgres").is_file()
-    ]
-    if not found:
-        raise RuntimeError(
-            f"no PostgreSQL server binaries under {PG_ROOT}/<version>/bin; run `make setup` "
-            "(installs Debian's postgresql package)"
-        )
-    return max(found, key=lambda p: float(p.parent.name) if p.parent.name[0].isdigit() else 0.0)
-
-
 class PostgresCluster:
     """One private cluster. start() -> dsn is usable; stop() stops it and removes the temp dir.
     restart() keeps the data and the port; terminate_backends() kills client sessions."""
@@ -80,7 +65,7 @@ class PostgresCluster:
         """speed=False keeps initdb's durable defaults (fsync, synchronous_commit on), as a
         deployment runs: for benchmarks whose numbers should mean something outside a test."""
         self.dbname = dbname
-        self.bin = bindir()
+        self.bin = binaries.postgres_bindir()
         self.settings = dict(SPEED_SETTINGS if speed else {}, **(settings or {}))
         self.as_root = os.geteuid() == 0
         self.workdir: Path | None = None
