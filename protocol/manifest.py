@@ -18,6 +18,7 @@ import hashlib
 from protocol import ed25519
 from protocol.errors import (
     BAD_FIELD,
+    BAD_TYPE,
     EXPIRED,
     TOO_BIG,
     TRAILING_BYTES,
@@ -30,7 +31,7 @@ from protocol.reader import Reader
 # For the type checker only: protocol modules import no typing at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from typing import NoReturn
 
 MAGIC = b"IDUR"
@@ -111,66 +112,102 @@ def _path_ok(p: object) -> bool:
     return True
 
 
-class Manifest:
-    """A decoded manifest. Fields as in the head (names below); `files` is a list of
-    (path, size, sha256, payload offset); `firmware` is None or (size, sha256, payload offset).
-    `size` is the manifest's own length: the payload follows it in a release file. Nothing
-    here is trustworthy until verify()/verify_file() returned it."""
+def _count(r: Reader, fix: int) -> int:
+    """The length of the map (fix 0x80) or array (fix 0x90) that starts at r.pos."""
+    b = r.uint(1)
+    if fix <= b <= fix + 15:
+        return b & 15
+    if b == fix + 0x4C or b == fix + 0x4D:  # map 16/32 (de, df) or array 16/32 (dc, dd)
+        n = r.uint(2 if b == fix + 0x4C else 4)
+        if n > MAX_FILES:
+            raise ProtocolError(TOO_BIG, "items")
+        return n
+    _bad("type")
 
-    def __init__(self, head: dict, head_len: int) -> None:  # type: ignore[type-arg]
-        for k in head:
+
+def _entry(r: Reader, last: str) -> tuple:  # type: ignore[type-arg]
+    """One [path, size, sha256] of the files array, checked; paths strictly ascending."""
+    f = r.value(2)
+    if not isinstance(f, list) or len(f) != 3 or not _path_ok(f[0]) or f[0] <= last:
+        _bad("files")
+    return (f[0], _uint(f[1], "files"), _bin(f[2], DIGEST_LEN, "files"))
+
+
+class Manifest:
+    """A decoded manifest: the head's fields as attributes (see the H_* keys), `firmware` None
+    or (size, sha256, payload offset), `size` the manifest's own length (a release file's
+    payload starts there). The file list is not held (40 entries are ~10 KB of heap on a
+    device): files() decodes it again from the head bytes, one entry at a time. Nothing here is
+    trustworthy until verify()/verify_file() returned it."""
+
+    def __init__(self, data: bytes) -> None:
+        r = Reader(data)
+        n = _count(r, 0x80)
+        head: dict = {}  # type: ignore[type-arg]
+        files_at = -1
+        nfiles = 0
+        off = 0
+        for _ in range(n):
+            k = r.value(1)
+            if not isinstance(k, int) or isinstance(k, bool):
+                raise ProtocolError(BAD_TYPE, "key")
+            if k in head:
+                _bad("repeated")
             if k < 0 or H_KIND < k <= _LAST_KNOWN:
-                _bad("unknown head key %d" % k)
+                _bad("key %d" % k)
+            if k == H_FILES:  # walked and checked here, kept only as a position
+                head[k] = None
+                files_at = r.pos
+                last = ""
+                for _ in range(_count(r, 0x90)):
+                    f = _entry(r, last)
+                    last = f[0]
+                    off += f[1]
+                    nfiles += 1
+            else:
+                head[k] = r.value(1)
+        if r.pos != len(data):
+            raise ProtocolError(TRAILING_BYTES, "head")
+        self._head = data
+        self._files_at = files_at
         self.version = _uint(head.get(H_VERSION), "version")
         if self.version == 0:
             _bad("version")
         d = head.get(H_DISPLAY)
         if not isinstance(d, str) or not 0 < len(d) <= MAX_DISPLAY:
-            _bad("display version")
+            _bad("display")
         self.display = d
         b = head.get(H_BOARD)
-        if not isinstance(b, str) or not _path_ok(b) or "/" in b:
+        if not _path_ok(b) or "/" in b:  # type: ignore[operator]
             _bad("board")
-        self.board = b
+        self.board: str = b  # type: ignore[assignment]
         kind = head.get(H_KIND)
-        if kind is not None and (not isinstance(kind, str) or not _path_ok(kind) or "/" in kind):
+        if kind is not None and (not _path_ok(kind) or "/" in kind):
             _bad("kind")
         self.kind = kind
-        files = head.get(H_FILES)
-        if not isinstance(files, list) or len(files) > MAX_FILES:
+        if files_at < 0:
             _bad("files")
-        out = []
-        off = 0
-        last = ""
-        for f in files:
-            if not isinstance(f, list) or len(f) != 3 or not _path_ok(f[0]) or f[0] <= last:
-                _bad("files: [path, size, sha256], ascending paths")
-            size = _uint(f[1], "file size")
-            out.append((f[0], size, _bin(f[2], DIGEST_LEN, "file sha256"), off))
-            off += size
-            last = f[0]
+        self.nfiles = nfiles
+        self.files_size = off
         fw = head.get(H_FIRMWARE)
         if fw is not None:
             if not isinstance(fw, list) or len(fw) != 2:
-                _bad("firmware: [size, sha256]")
-            fsize = _uint(fw[0], "firmware size")
-            fw = (fsize, _bin(fw[1], DIGEST_LEN, "firmware sha256"), off)
+                _bad("firmware")
+            fsize = _uint(fw[0], "firmware")
+            fw = (fsize, _bin(fw[1], DIGEST_LEN, "firmware"), off)
             off += fsize
-        if not out and fw is None:
-            _bad("a release carries files, a firmware image, or both")
-        self.files = out
         self.firmware = fw
         self.total = _uint(head.get(H_TOTAL), "total")
-        if self.total != off or off == 0:
-            _bad("total is not the sum of the sizes")
+        if self.total != off or off == 0:  # no release without bytes to install
+            _bad("total")
         self.digest = _bin(head.get(H_DIGEST), DIGEST_LEN, "digest")
         c = _uint(head.get(H_CHUNK), "chunk", MAX_CHUNK)
         if c < MIN_CHUNK or c & (c - 1):
-            _bad("chunk size")
+            _bad("chunk")
         self.chunk = c
         self.chunks = (self.total + c - 1) // c
         if self.chunks > MAX_CHUNKS:
-            _bad("too many chunks")
+            _bad("chunk")
         self.floor = _uint(head.get(H_FLOOR), "floor", self.version)
         self.expires = _uint(head.get(H_EXPIRES), "expires")
         self.key_id = _bin(head.get(H_KEY_ID), KEY_ID_LEN, "key id")
@@ -180,9 +217,20 @@ class Manifest:
         self.min_from = 0 if fr is None else _uint(fr, "from", self.version - 1)
         cr = head.get(H_CREATED)
         self.created = None if cr is None else _uint(cr, "created")
-        self.table_offset = PREFIX_LEN + head_len
+        self.table_offset = PREFIX_LEN + len(data)
         self.signed_len = self.table_offset + DIGEST_LEN * self.chunks
         self.size = self.signed_len + SIG_LEN * (2 if self.next_key else 1)
+
+    def files(self) -> "Iterator[tuple]":  # type: ignore[type-arg]
+        """Each file as (path, size, sha256, payload offset), in payload order."""
+        r = Reader(self._head, self._files_at)
+        off = 0
+        last = ""
+        for _ in range(_count(r, 0x90)):
+            f = _entry(r, last)
+            last = f[0]
+            yield (f[0], f[1], f[2], off)
+            off += f[1]
 
     def chunk_span(self, i: int) -> tuple:  # type: ignore[type-arg]
         """(payload offset, length) of chunk i."""
@@ -193,30 +241,24 @@ class Manifest:
 def _head(prefix: bytes, get: "Callable[[int, int], bytes]") -> Manifest:
     """Check the 8-byte prefix, read and decode the head with get(offset, n)."""
     if len(prefix) < PREFIX_LEN:
-        raise ProtocolError(TRUNCATED, "shorter than the manifest prefix")
+        raise ProtocolError(TRUNCATED, "prefix")
     if prefix[:4] != MAGIC:
-        _bad("not a release manifest (magic)")
+        _bad("magic")
     if prefix[4] != FORMAT or prefix[5] != 0:
-        raise ProtocolError(UNKNOWN_VERSION, "manifest format %d" % prefix[4])
+        raise ProtocolError(UNKNOWN_VERSION, "format")
     n = (prefix[6] << 8) | prefix[7]
     if n > MAX_HEAD:
-        raise ProtocolError(TOO_BIG, "head over %d bytes" % MAX_HEAD)
+        raise ProtocolError(TOO_BIG, "head")
     data = get(PREFIX_LEN, n)
     if len(data) != n:
         raise ProtocolError(TRUNCATED, "head")
-    r = Reader(data)
-    head = r.value()
-    if r.pos != n:
-        raise ProtocolError(TRAILING_BYTES, "after the head map")
-    if not isinstance(head, dict):
-        _bad("head is not a map")
-    return Manifest(head, n)
+    return Manifest(data)
 
 
 def _open(get: "Callable[[int, int], bytes]", size: int) -> Manifest:
     m = _head(get(0, PREFIX_LEN), get)
     if size < m.size:
-        raise ProtocolError(TRUNCATED, "manifest is %d bytes, %d present" % (m.size, size))
+        raise ProtocolError(TRUNCATED, "signatures")
     return m
 
 
@@ -228,7 +270,7 @@ def parse(data: bytes) -> Manifest:
 
 def _check_sig(m: Manifest, digest: bytes, sigs: bytes, key: bytes) -> None:
     if m.key_id != key_id(key):
-        raise ProtocolError(WRONG_KEY, "signed by key %s" % m.key_id.hex())
+        raise ProtocolError(WRONG_KEY, m.key_id.hex())
     msg = CONTEXT + digest
     ed25519.verify(key, msg, sigs[:SIG_LEN])
     if m.next_key is not None:  # the new key must have signed too: it exists and is held
@@ -241,15 +283,15 @@ def check_policy(
     """The device-side rules, in this order (after the signature verified): board and class,
     expiry, anti-rollback floor, newer than installed, allowed jump."""
     if m.board != board or (m.kind is not None and m.kind != kind):
-        raise ProtocolError(WRONG_BOARD, "release is for %s/%s" % (m.board, m.kind or "*"))
+        raise ProtocolError(WRONG_BOARD, m.board)
     if now >= m.expires:
-        raise ProtocolError(EXPIRED, "manifest expired at %d" % m.expires)
+        raise ProtocolError(EXPIRED)
     if m.version <= floor:
-        raise ProtocolError(BELOW_FLOOR, "version %d, floor %d" % (m.version, floor))
+        raise ProtocolError(BELOW_FLOOR, str(floor))
     if m.version <= current:
-        raise ProtocolError(NOT_NEWER, "version %d, installed %d" % (m.version, current))
+        raise ProtocolError(NOT_NEWER, str(current))
     if current < m.min_from:
-        raise ProtocolError(JUMP_NOT_ALLOWED, "install %d first" % m.min_from)
+        raise ProtocolError(JUMP_NOT_ALLOWED, str(m.min_from))
 
 
 def verify_file(
@@ -304,7 +346,7 @@ def chunk_digest(m: Manifest, data: bytes, i: int) -> bytes:
     """Chunk i's SHA-256 from the table of manifest bytes `data` (a file's device reads it at
     m.table_offset + 32 * i instead)."""
     if not 0 <= i < m.chunks:
-        _bad("chunk index")
+        _bad("chunk")
     o = m.table_offset + DIGEST_LEN * i
     return bytes(data[o : o + DIGEST_LEN])
 

@@ -303,7 +303,7 @@ def check_payload(m: MF.Manifest, manifest: bytes, payload: bytes) -> None:
         off, n = m.chunk_span(i)
         if hashlib.sha256(payload[off : off + n]).digest() != MF.chunk_digest(m, manifest, i):
             raise ReleaseError(CHUNK_DIGEST, f"chunk {i} (bytes {off}-{off + n}) differs")
-    for path, size, digest, off in m.files:
+    for path, size, digest, off in m.files():
         if hashlib.sha256(payload[off : off + size]).digest() != digest:
             raise ReleaseError(FILE_DIGEST, f"{path} differs from its manifest SHA-256")
     if m.firmware is not None:
@@ -334,7 +334,7 @@ def describe(m: MF.Manifest, now: int | None = None) -> list[str]:
     lines = [
         f"version      {m.display} (#{m.version})",
         f"board        {m.board}" + (f" / {m.kind}" if m.kind else ""),
-        f"files        {len(m.files)}, {sum(f[1] for f in m.files)} bytes",
+        f"files        {m.nfiles}, {m.files_size} bytes",
     ]
     if m.firmware is not None:
         lines.append(f"firmware     {m.firmware[0]} bytes, sha256 {m.firmware[1].hex()}")

@@ -154,7 +154,7 @@ def build_cmd(
     except R.ReleaseError as e:
         raise CliError(str(e)) from None
     m = MF.parse(manifest)
-    click.echo(f"wrote {out}: {display} (#{number}) for {m.board}, {len(m.files)} files", nl=False)
+    click.echo(f"wrote {out}: {display} (#{number}) for {m.board}, {m.nfiles} files", nl=False)
     click.echo(f"{' + firmware' if image else ''}, {m.total} bytes in {m.chunks} chunks")
     click.echo(f"signed by key id {m.key_id.hex()}")
     if m.next_key is not None:
