@@ -292,13 +292,12 @@ def write_release(path: Path, manifest: bytes, payload: bytes) -> Path:
 
 # --------------------------------------------------------------------------- checking
 def check_payload(m: MF.Manifest, manifest: bytes, payload: bytes) -> None:
-    """The payload matches the manifest: size, overall digest, every chunk, every file."""
+    """The payload matches the manifest: size, every chunk (as a device checks them while
+    downloading: the first bad one is named), every file, the overall digest."""
     if len(payload) != m.total:
         raise ReleaseError(
             PAYLOAD_SIZE, f"payload is {len(payload)} bytes, the manifest says {m.total}"
         )
-    if hashlib.sha256(payload).digest() != m.digest:
-        raise ReleaseError(PAYLOAD_DIGEST, "payload SHA-256 differs from the manifest's")
     for i in range(m.chunks):
         off, n = m.chunk_span(i)
         if hashlib.sha256(payload[off : off + n]).digest() != MF.chunk_digest(m, manifest, i):
@@ -310,6 +309,8 @@ def check_payload(m: MF.Manifest, manifest: bytes, payload: bytes) -> None:
         size, digest, off = m.firmware
         if hashlib.sha256(payload[off : off + size]).digest() != digest:
             raise ReleaseError(FILE_DIGEST, "the firmware image differs from its SHA-256")
+    if hashlib.sha256(payload).digest() != m.digest:  # implied by the above unless a bug
+        raise ReleaseError(PAYLOAD_DIGEST, "payload SHA-256 differs from the manifest's")
 
 
 def open_release(data: bytes, public: bytes | None = None) -> tuple[MF.Manifest, bytes]:
