@@ -5,6 +5,7 @@ Key rotation: a release signed with the old key hands devices over to the new on
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import time
@@ -273,3 +274,32 @@ def test_rotation_release_hands_devices_over_to_the_next_key(
     with pytest.raises(ProtocolError) as e:  # and a device that missed the rotation waits for it
         MF.verify(after.read_bytes(), old, "sim", now, current=9)
     assert e.value.code == "wrong_key"
+
+
+def test_bundles_carry_the_release_public_key(keys: dict[str, Path]) -> None:
+    from controller.provisioning.bundles import (
+        BundleError,
+        broker_block,
+        claim_bundle,
+        device_bundle,
+    )
+    from controller.provisioning.tokens import IssuedToken
+    from tools import flash as F
+
+    key = pub(keys, "old")
+    broker = broker_block("127.0.0.1", 1883, "ap-1", None)
+    cfg = device_bundle("ap-1", "porto", "ribeira", "ap", bytes(32), broker, key, interval=30)
+    assert cfg["release_key"] == key.hex() and cfg["interval"] == 30
+    assert "release_key" not in device_bundle("ap-1", "porto", "ribeira", "ap", bytes(32), broker)
+    F.check_bundle(json.dumps(cfg).encode())  # the flash tool takes it as it is
+    tok = IssuedToken("00" * 8, "porto", "ribeira", "ap", 0.0, bytes(16))
+    assert claim_bundle(tok, broker, key)["release_key"] == key.hex()
+    with pytest.raises(BundleError):
+        device_bundle("ap-1", "porto", "ribeira", "ap", bytes(32), broker, b"short")
+
+
+def test_provision_refuses_a_bad_release_key_before_doing_anything() -> None:
+    r = CliRunner().invoke(
+        cli, ["provision", "--port", "/dev/null", "--zone", "ribeira", "--release-key", "abc"]
+    )
+    assert r.exit_code == 2 and "64 hex digits" in last_line(r)

@@ -16,6 +16,22 @@ from tools.errors import CliError
 DEFAULT_KEY = Path("secrets/release/release.key")
 
 
+def _public(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes | None:
+    try:
+        return R.parse_public(value) if value is not None else None
+    except R.ReleaseError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+release_key_option = click.option(
+    "--release-key",
+    "release_key",
+    default=None,
+    callback=_public,
+    help="Release public key for the bundle (hex or release.pub); devices verify updates with it.",
+)
+
+
 @click.group("release")
 def release_group() -> None:
     """Signed releases of the agent and firmware (docs/OTA.md)."""
