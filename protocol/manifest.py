@@ -1,7 +1,7 @@
-"""The signed release manifest (docs/PROTOCOL.md section 16, docs/OTA.md): decoding, signature and
-policy checks, as a device runs them before it fetches a byte of a release. Pure and bounded:
-every input either yields a Manifest or raises ProtocolError with a named code, never anything
-else. Imports protocol.reader/errors/ed25519 and hashlib; signing is CPython-only
+"""The signed release manifest (docs/PROTOCOL.md, "Release manifest"; docs/OTA.md): decoding,
+signature and policy checks, as a device runs them before it fetches a byte of a release. Pure
+and bounded: every input either yields a Manifest or raises ProtocolError with a named code,
+never anything else. Imports protocol.reader/errors/ed25519 and hashlib; signing is CPython-only
 (tools/release.py).
 
 Layout (all lengths checked against the bytes present before anything is read):
@@ -69,7 +69,7 @@ H_CREATED = 13  # opt uint unix seconds: informational
 H_KIND = 14  # opt str: device class ("ap", "sensor"); absent: every class
 _LAST_KNOWN = 31
 
-# Refusal codes beyond protocol.errors (docs/PROTOCOL.md section 16).
+# Refusal codes beyond protocol.errors (docs/PROTOCOL.md, "Release manifest").
 BAD_SIGNATURE = ed25519.BAD_SIGNATURE  # a signature does not verify
 WRONG_KEY = "wrong_key"  # signed by a key other than the device's release key
 WRONG_BOARD = "wrong_board"  # built for another board or device class
@@ -307,7 +307,8 @@ def verify_file(
 ) -> Manifest:
     """Check the manifest at the start of an open file (read(), seek()) of `size` bytes with
     the device's release key and state; return it or raise ProtocolError (check order in
-    docs/PROTOCOL.md section 16). Holds the head and one `piece` of the table at a time."""
+    docs/PROTOCOL.md, "Release manifest"). Holds the head and one `piece` of the table at a
+    time."""
 
     def get(o: int, n: int) -> bytes:
         f.seek(o)  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """Release test-vector semantics shared by both interpreters (tests/vectors/release/*.json,
-docs/PROTOCOL.md section 16): an Ed25519 vector is checked with protocol.ed25519.verify, a
-manifest vector with protocol.manifest.verify under the device state the vector gives. Test
-side only: not part of the firmware build."""
+docs/PROTOCOL.md, "Release manifest"): an Ed25519 vector is checked with
+protocol.ed25519.verify, a manifest vector with protocol.manifest.verify under the device state
+the vector gives. Test side only: not part of the firmware build."""
 
 from protocol import ed25519
 from protocol import manifest as MF

@@ -1,7 +1,7 @@
 """SHA-512 (FIPS 180-4) in plain Python, for Ed25519 on MicroPython, whose hashlib has only md5,
 sha1 and sha256 (docs/OTA.md). Imports nothing; CPython callers use hashlib.sha512 instead (see
 protocol.ed25519). Speed matters little: a release signature hashes two or three 128-byte blocks
-(the signed message is a 32-byte digest, docs/PROTOCOL.md section 9)."""
+(the signed message is a 32-byte digest, docs/PROTOCOL.md, "Release manifest")."""
 
 _M = 0xFFFFFFFFFFFFFFFF
 

@@ -170,7 +170,8 @@ def parse_version(text: str) -> tuple[int, str]:
 # --------------------------------------------------------------------------- building
 @dataclass
 class Spec:
-    """What a release says besides its bytes (manifest head fields, docs/PROTOCOL.md 16)."""
+    """What a release says besides its bytes: the manifest head's fields (docs/PROTOCOL.md,
+    "Release manifest")."""
 
     version: int
     display: str

@@ -1,8 +1,9 @@
-"""Writes the release test vectors tests/vectors/release/{ed25519,manifest}.json (docs/PROTOCOL.md
-section 16). Like generate.py: the JSON files are committed and are the truth, this script shows
-the intent of each vector. Expected outcomes are written by hand or taken from the RFC and from
-`cryptography` (which signs every manifest here), never from the verifier under test. Release
-keys are fixed seeds, and Ed25519 signing is deterministic, so the output is reproducible.
+"""Writes the release test vectors tests/vectors/release/{ed25519,manifest}.json (docs/PROTOCOL.md,
+"Release manifest"). Like generate.py: the JSON files are committed and are the truth, this
+script shows the intent of each vector. Expected outcomes are written by hand or taken from the
+RFC and from `cryptography` (which signs every manifest here), never from the verifier under
+test. Release keys are fixed seeds, and Ed25519 signing is deterministic, so the output is
+reproducible.
 
     .venv/bin/python tests/vectors/generate_release.py          # rewrite the files
     .venv/bin/python tests/vectors/generate_release.py --check  # exit 1 if they differ
