@@ -38,8 +38,8 @@ class NewDevice:
         """A device config.json (docs/DEVICE-CONFIG.md) for this device and broker."""
         broker = broker_block(host, port, self.id, None)
         return device_bundle(
-            self.id, self.site, self.zone, self.kind, self.key, broker, interval=interval, **extra
-        )
+            self.id, self.site, self.zone, self.kind, self.key, broker, None, interval=interval
+        ) | dict(extra)
 
 
 def zone_problem(zone: str, zones: Sequence[str] | None) -> str | None:

@@ -33,6 +33,7 @@ from protocol.topics import check_id
 from tools.api_client import ApiClient
 from tools.errors import CliError
 from tools.options import BROKER_DIR, dir_option
+from tools.release_cmds import release_key_option
 
 CLAIM_CREDENTIALS = "claim.json"  # beside credentials.json: the bootstrap account's password
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -167,6 +168,7 @@ def claim_setup(broker_dir: Path, broker_host: str, controller_user: str) -> Non
 @_broker_host_option
 @click.option("--broker-port", type=int, default=None, help="Default: the broker dir's port.")
 @click.option("--interval", type=int, default=60, show_default=True)
+@release_key_option
 def claim_create(
     config_path: Path | None,
     zone: str,
@@ -179,6 +181,7 @@ def claim_create(
     broker_host: str,
     broker_port: int | None,
     interval: int,
+    release_key: bytes | None,
 ) -> None:
     """Issue COUNT one-time tokens for ZONE and write one claim bundle per board."""
     seconds = parse_ttl(ttl)
@@ -204,7 +207,9 @@ def claim_create(
         try:
             for tok in issued:
                 path = out / f"claim-{tok.id}.json"
-                written.append(write_bundle(path, claim_bundle(tok, broker, interval=interval)))
+                written.append(
+                    write_bundle(path, claim_bundle(tok, broker, release_key, interval=interval))
+                )
         except (ControllerError, OSError) as e:
             for p in written:
                 p.unlink(missing_ok=True)
@@ -300,6 +305,7 @@ def claim_serve(
 @_broker_host_option
 @click.option("--broker-port", type=int, default=None)
 @click.option("--no-broker-account", is_flag=True, help="Broker without accounts (demo).")
+@release_key_option
 def provision(
     port: str,
     zone: str,
@@ -315,6 +321,7 @@ def provision(
     broker_host: str,
     broker_port: int | None,
     no_broker_account: bool,
+    release_key: bytes | None,
 ) -> None:
     """Register a board on USB with the controller, create its broker account, and write the
     agent and its bundle to it. Nothing is left half-made when a step fails."""
@@ -362,6 +369,7 @@ def provision(
         kind,
         bytes.fromhex(reg["key"]),
         broker,
+        release_key,
         board=F.board(board_name).name,
     )
     if out is not None:

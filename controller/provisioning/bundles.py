@@ -51,12 +51,30 @@ def broker_block(
     }
 
 
+def release_key_field(public_key: bytes | None) -> dict[str, str]:
+    """The optional `release_key` bundle field (docs/DEVICE-CONFIG.md, docs/OTA.md): the Ed25519
+    public key a device checks release manifests with, from `idufleet release keygen`."""
+    if public_key is None:
+        return {}
+    if len(public_key) != 32:
+        raise BundleError("the release public key is 32 bytes (64 hex digits in release.pub)")
+    return {"release_key": public_key.hex()}
+
+
 def device_bundle(
-    device: str, site: str, zone: str, kind: str, key: bytes, broker: dict[str, Any], **extra: Any
+    device: str,
+    site: str,
+    zone: str,
+    kind: str,
+    key: bytes,
+    broker: dict[str, Any],
+    release_key: bytes | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """The config.json a device boots with (docs/DEVICE-CONFIG.md): its identity, its HMAC key
-    and the broker block (broker_block()), then optional agent fields from extra (interval,
-    board, keepalive, sim...; a key in extra replaces the one above). The one place a full
+    """The config.json a device boots with (docs/DEVICE-CONFIG.md): its identity, its HMAC key,
+    the broker block (broker_block()), the release public key when given, then optional agent
+    fields from extra (interval, board, keepalive, sim...; a key in extra replaces the one
+    above). The one place a full
     bundle is assembled: the registry, provisioning, the firmware tools, the demo and the tests
     all call it. Not validated here: the agent refuses a bad one naming the field."""
     cfg: dict[str, Any] = {
@@ -67,13 +85,17 @@ def device_bundle(
         "key": key.hex(),
         "broker": dict(broker),
     }
+    cfg.update(release_key_field(release_key))
     cfg.update(extra)
     return cfg
 
 
-def claim_bundle(token: ClaimToken, broker: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def claim_bundle(
+    token: ClaimToken, broker: dict[str, Any], release_key: bytes | None = None, **extra: Any
+) -> dict[str, Any]:
     """The config.json a board is flashed with before it has an identity (firmware/claim.py
-    turns it into a full bundle). extra adds optional agent fields (interval, board, sim...)."""
+    turns it into a full bundle, keeping every other field: release_key survives the claim).
+    extra adds optional agent fields (interval, board, sim...)."""
     cfg: dict[str, Any] = {
         "site": token.site,
         "zone": token.zone,
@@ -81,6 +103,7 @@ def claim_bundle(token: ClaimToken, broker: dict[str, Any], **extra: Any) -> dic
         "claim": {"id": token.id, "secret": token.secret.hex()},
         "broker": dict(broker),
     }
+    cfg.update(release_key_field(release_key))
     cfg.update(extra)
     return cfg
 
