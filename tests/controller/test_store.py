@@ -125,6 +125,12 @@ def test_commands_and_acks(store: Store, master: MasterKey) -> None:
     forged = Accepted("ap-2", "foz", 1, 5, M.ACK, now, now, ack=AckRecord(e1, 1, 0, None))
     store.write_batch(Batch([forged]))
     assert store.get_command(e1, 1)["status"] == "sent"  # type: ignore[index]
+    # nor does a bad-tag ACK (result 5): it names whatever (epoch, seq) a forger wrote
+    bad_tag = Accepted(
+        "ap-1", "foz", 1, 4, M.ACK, now, now, ack=AckRecord(e1, 1, M.R_BAD_TAG, None)
+    )
+    store.write_batch(Batch([bad_tag]))
+    assert store.get_command(e1, 1)["status"] == "sent"  # type: ignore[index]
     real = Accepted("ap-1", "foz", 1, 5, M.ACK, now, now, ack=AckRecord(e1, 1, 0, {"0": 1}))
     store.write_batch(Batch([real]))
     cmd = store.get_command(e1, 1)

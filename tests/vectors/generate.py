@@ -1287,6 +1287,16 @@ def build_precedence() -> None:
         "too_big",
     )
     invalid(f, "truncated_before_trailing_check", REP, bytes.fromhex("8700"), "truncated")
+    # The tag is key 7's value and the payload's last 16 bytes: a body whose last bytes only look
+    # like the tag entry (`07 c4 10` + 16) while key 7 came earlier is bad_tag, on either reading.
+    mimic = [*head(R), (7, bytes(16)), (6, Raw("92" + "07c410" + "00" * 16))]
+    invalid(
+        f,
+        "bad_tag_body_ends_like_the_tag_entry",
+        REP,
+        envelope(mimic, REP, count=len(mimic), trailer=b"", tag=b""),
+        "bad_tag",
+    )
 
 
 def render(vectors: list[dict[str, Any]]) -> str:
