@@ -51,6 +51,7 @@ class Controller:
             lambda: float(self.devices.online()),
             lambda: float(len(self.devices)),
             lambda: float(self.link.connected.is_set()),
+            lambda: float(self.core.ts_implausible),
         )
 
     def health(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import logging
 from controller import registry
 from controller.domain.ingest import DeviceState, IngestCore
 from controller.domain.presence import Presence
+from controller.domain.timeline import Anchors
 from controller.errors import KeyWrapError, RegistryError
 from controller.keys import MasterKey
 from controller.store.base import DeviceRecord
@@ -38,6 +39,11 @@ class DeviceCache:
                 log.error(
                     "replay state unreadable; starting a fresh window", extra={"device": rec.id}
                 )
+        anchors = Anchors()
+        try:
+            anchors = Anchors.loads(rec.anchors)
+        except ValueError:
+            log.error("time anchors unreadable; starting without", extra={"device": rec.id})
         return DeviceState(
             id=rec.id,
             site=rec.site,
@@ -50,6 +56,8 @@ class DeviceCache:
             board=rec.board,
             boot_epoch=rec.boot_epoch,
             death_open=rec.death_open,
+            provisioned=rec.created_at,
+            anchors=anchors,
         )
 
     def load(self, rec: DeviceRecord) -> None:

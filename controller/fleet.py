@@ -239,10 +239,10 @@ class Fleet:
 
     async def raw_series(
         self, device: str, metric: int, since: float, until: float, limit: int
-    ) -> list[tuple[float, float]]:
+    ) -> list[tuple[float, float, int]]:
         return await self.db.call(lambda s: s.raw_series(device, metric, since, until, limit))
 
     async def zone_raw_series(
         self, zone: str, metric: int, since: float, until: float, limit: int
-    ) -> list[tuple[float, str, float]]:
+    ) -> list[tuple[float, str, float, int]]:
         return await self.db.call(lambda s: s.zone_raw_series(zone, metric, since, until, limit))

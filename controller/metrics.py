@@ -58,13 +58,25 @@ class Metrics:
         self.mqtt_up = Gauge(
             "idufleet_mqtt_connected", "1 while connected to the broker", registry=r
         )
+        self.ts_implausible = Gauge(
+            "idufleet_messages_ts_implausible",
+            "Messages stored under rule ts_implausible (docs/PROTOCOL.md section 5): their ts was"
+            " outside the plausibility window and was replaced (counts up from controller start)",
+            registry=r,
+        )
 
     def bind(
-        self, online: Callable[[], float], known: Callable[[], float], up: Callable[[], float]
+        self,
+        online: Callable[[], float],
+        known: Callable[[], float],
+        up: Callable[[], float],
+        ts_implausible: Callable[[], float] | None = None,
     ) -> None:
         self.online.set_function(online)
         self.known.set_function(known)
         self.mqtt_up.set_function(up)
+        if ts_implausible is not None:
+            self.ts_implausible.set_function(ts_implausible)
 
     def rejected_count(self, reason: str) -> float:
         v = self.registry.get_sample_value("idufleet_messages_rejected_total", {"reason": reason})

@@ -70,8 +70,8 @@ def open_downlink(
         return "unknown_type"  # not a message type
     if not _u32(epoch) or not _u32(seq):
         return "bad_field"  # epoch and seq are 0..2**32-1
-    if ts is not None and not _u32(ts):
-        return "bad_field"  # ts is unix seconds 0..2**32-1
+    if not _u32(ts):
+        return "bad_field"  # ts is required on downlink, unix seconds 0..2**32-1
     if up is not None and not _u32(up):
         return "bad_field"  # up is seconds 0..2**32-1
     if mtype != (7 if channel == "cmd" else 8 if channel == "cfg" else 9):
@@ -81,6 +81,6 @@ def open_downlink(
         return "bad_field"  # body is a map
     # COMMAND: op and expiry; OTA: phase; CONFIG: any map
     for key in (0, 1) if mtype == 7 else (0,) if mtype == 9 else ():
-        if type(body.get(key)) is not int:
-            return "bad_field"  # a required body field missing or mistyped
+        if not _u32(body.get(key)):
+            return "bad_field"  # a required body field missing or not a uint
     return mtype, epoch, seq, ts, body

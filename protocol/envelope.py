@@ -97,7 +97,9 @@ def decode(
     """Parse, check and (with a signer) verify one payload. Raises ProtocolError in this order:
     too_big, then structural errors (truncated, bad_type, too_deep, trailing_bytes, bad_field),
     unknown_version, bad_tag, unknown_type (type not allowed on the topic's channel), bad_field
-    (body shape). Replay and expiry are the caller's state (protocol.replay, protocol.commands).
+    (body shape). `ts`/`up` present as section 5 requires: ts or up on uplink messages, ts on
+    downlink ones (COMMAND and above). Replay and expiry are the caller's state
+    (protocol.replay, protocol.commands).
     `channel` defaults to the topic's last segment."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise ProtocolError(BAD_FIELD, "payload must be bytes")
@@ -144,6 +146,8 @@ def decode(
             raise ProtocolError(BAD_TAG, "verification needs the topic")
         signer.verify(topic.encode(), payload[: n - TRAILER_LEN], tag)
     _check_fields(mtype, epoch, seq, ts, up)
+    if ts is None and (up is None or mtype >= M.COMMAND):
+        raise ProtocolError(BAD_FIELD, "uplink carries ts or up, downlink carries ts")
     if channel and M.CHANNEL[mtype] != channel:
         raise ProtocolError(UNKNOWN_TYPE, "%s not allowed on %s" % (M.NAMES[mtype], channel))
     body = env[M.K_BODY]
@@ -151,26 +155,59 @@ def decode(
     return Message(mtype, epoch, seq, body, ts, up)
 
 
-_NUMBER = (int, float)  # type(True) is bool on both interpreters, so booleans are refused
+# What the store can hold, per field (docs/PROTOCOL.md section 7, "Field types"). A metric
+# integer is within +-(2**53 - 1): the store keeps physical values as IEEE-754 doubles, which hold
+# every integer of that range exactly and no wider range (2**53 + 1 would come back as 2**53).
+SAFE_INT = 0x1FFFFFFFFFFFFF
+_U8 = 0xFF
+_U16 = 0xFFFF
 
 
 def _metrics(body: object) -> None:
     if type(body) is not dict:
         raise ProtocolError(BAD_FIELD, "metrics are a map")
     for k, val in body.items():
-        if not 0 <= k <= 0xFFFF or (type(val) not in _NUMBER and val is not None):
-            raise ProtocolError(BAD_FIELD, "metric %r: id 0..65535, value a number or nil" % k)
+        t = type(val)
+        if (
+            not 0 <= k <= 0xFFFF
+            or (t is int and not -SAFE_INT <= val <= SAFE_INT)
+            or (t is not int and t is not float and val is not None)
+        ):
+            raise ProtocolError(BAD_FIELD, "metric %r: id 0..65535; nil, float or safe int" % k)
 
 
-# Required body fields per type: (key, python type or tuple of types).
-_REQUIRED = {
-    M.BIRTH: ((M.B_FIRMWARE, str), (M.B_BOARD, str), (M.B_BOOT_REASON, int)),
-    M.DEATH: ((M.D_REASON, int),),
-    M.EVENT: ((M.E_CODE, int),),
-    M.ACK: ((M.A_CMD_EPOCH, int), (M.A_CMD_SEQ, int), (M.A_RESULT, int)),
-    M.COMMAND: ((M.C_OP, int), (M.C_EXPIRES, int)),
+# Body fields per type: (key, kind, required). A kind is the largest value of an unsigned
+# integer field, a Python type (str, bool, dict, list, bytes: exactly that type), or -n for a
+# binary of exactly n bytes. Uplink bodies (what the store keeps) are checked field by field,
+# optional ones included; downlink bodies only in the fields the envelope needs, the operation
+# checking its own arguments (ACK result 1), so a device decodes with protocol/downlink.py alone.
+_FIELDS = {
+    M.BIRTH: (
+        (M.B_FIRMWARE, str, 1),
+        (M.B_BOARD, str, 1),
+        (M.B_BOOT_REASON, _U8, 1),
+        (M.B_CONFIG_HASH, -8, 0),
+        (M.B_SAFE_MODE, bool, 0),
+        (M.B_KIND, str, 0),
+        (M.B_INTERVAL, _U32, 0),
+        (M.B_BUFFERED, _U32, 0),
+    ),
+    M.DEATH: ((M.D_REASON, _U8, 1),),
+    M.EVENT: (
+        (M.E_CODE, _U16, 1),
+        (M.E_SEVERITY, _U8, 0),
+        (M.E_TEXT, str, 0),
+        (M.E_DATA, dict, 0),
+    ),
+    M.ACK: (
+        (M.A_CMD_EPOCH, _U32, 1),
+        (M.A_CMD_SEQ, _U32, 1),
+        (M.A_RESULT, _U8, 1),
+        (M.A_DATA, dict, 0),
+    ),
+    M.COMMAND: ((M.C_OP, _U32, 1), (M.C_EXPIRES, _U32, 1)),
     M.CONFIG: (),
-    M.OTA: ((M.O_PHASE, int),),
+    M.OTA: ((M.O_PHASE, _U32, 1),),
 }
 
 
@@ -190,9 +227,17 @@ def check_body(mtype: int, body: object) -> None:
         return
     if not isinstance(body, dict):
         raise ProtocolError(BAD_FIELD, "body is a map")
-    for key, kind in _REQUIRED[mtype]:
+    for key, kind, required in _FIELDS[mtype]:
+        if not required and key not in body:
+            continue  # absent; present as nil is mistyped (nil is not absence)
         val = body.get(key)
-        if not isinstance(val, kind) or isinstance(val, bool):
+        if type(kind) is not int:
+            ok = type(val) is kind
+        elif kind > 0:
+            ok = type(val) is int and 0 <= val <= kind
+        else:
+            ok = type(val) is bytes and len(val) == -kind
+        if not ok:
             raise ProtocolError(
                 BAD_FIELD, "%s field %d missing or mistyped" % (M.NAMES[mtype], key)
             )

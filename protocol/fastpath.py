@@ -19,10 +19,11 @@ def _fast_unpacker() -> object:
             raise ValueError("repeated key")
         return d
 
-    scalars = {int, str, bytes, float, bool, type(None)}
+    plain = {int, bytes, bool, type(None)}  # every value of these types is in the subset
 
     def ok(v: object, depth: int) -> bool:
-        """Containers within depth, integer map keys, no ext/Timestamp values."""
+        """Containers within depth, integer map keys, no ext/Timestamp values, finite floats,
+        text without U+0000 (the pure codec refuses those as bad_type)."""
         if depth >= MAX_DEPTH:
             return False
         t = type(v)
@@ -30,15 +31,19 @@ def _fast_unpacker() -> object:
             return False  # its items would sit at MAX_DEPTH: the pure codec says too_deep
         if t is dict:
             for k, x in v.items():  # type: ignore[attr-defined]  # noqa: SIM110
-                if type(k) is not int or (type(x) not in scalars and not ok(x, depth + 1)):
+                if type(k) is not int or (type(x) not in plain and not ok(x, depth + 1)):
                     return False
             return True
         if t is list:
             for x in v:  # type: ignore[attr-defined]  # noqa: SIM110
-                if type(x) not in scalars and not ok(x, depth + 1):
+                if type(x) not in plain and not ok(x, depth + 1):
                     return False
             return True
-        return t in scalars
+        if t is float:
+            return bool(v - v == 0.0)  # type: ignore[operator]  # NaN and infinities are not
+        if t is str:
+            return "\x00" not in v  # type: ignore[operator]  # U+0000
+        return t in plain
 
     def unpack(data: bytes) -> object:
         try:

@@ -11,13 +11,14 @@ from protocol.writer import MAX_BIN, MAX_DEPTH, MAX_ITEMS, MAX_STR, refuse
 
 
 def utf8_ok(b: bytes) -> bool:
-    """Well-formed UTF-8 (RFC 3629 table 3-7): no overlong forms, surrogates or code points
-    above U+10FFFF."""
+    """Protocol text: well-formed UTF-8 (RFC 3629 table 3-7: no overlong forms, surrogates or
+    code points above U+10FFFF) without U+0000, which MQTT forbids in its own strings and
+    PostgreSQL cannot store in text (docs/PROTOCOL.md section 4)."""
     i = 0
     n = len(b)
     while i < n:
         c = b[i]
-        if c < 0x80:
+        if 0 < c < 0x80:
             i += 1
             continue
         lo = 0x80
@@ -101,10 +102,12 @@ class Reader:
             v = self.uint(n)
             top = 1 << (8 * n - 1)
             return v - (top << 1) if v & top else v
-        if b == 0xCA:
-            return struct.unpack(">f", self.raw(4, 4))[0]
-        if b == 0xCB:
-            return struct.unpack(">d", self.raw(8, 8))[0]
+        if b == 0xCA or b == 0xCB:
+            n = 4 if b == 0xCA else 8
+            f = struct.unpack(">f" if n == 4 else ">d", self.raw(n, n))[0]
+            if f - f:  # NaN or an infinity (x - x is 0.0 only for finite x): no store holds it
+                refuse("bad_type")
+            return f
         if b == 0xC4 or b == 0xC5 or b == 0xC6:
             return self.raw(self.uint(1 << (b - 0xC4)), MAX_BIN)
         # What is left is a string, an array or a map: its kind (the fix form's high bits) and

@@ -61,9 +61,11 @@ def from_json(d: dict) -> Message:  # type: ignore[type-arg]
 def check(vec: dict) -> dict:  # type: ignore[type-arg]
     """Run one vector and return {"fields": ...} or {"error": code}, to compare with the file.
 
-    Optional vector state: "seen", a list of [epoch, seq] already accepted from this sender (the
-    replay window, or the device's command guard for downlink); "now", the receiver's unix time.
-    A valid vector's fields must also re-encode to exactly payload_hex."""
+    Optional vector state (docs/PROTOCOL.md section 12): "seen", a list of [epoch, seq] already
+    accepted, by the controller's replay window for an uplink message or by the device's command
+    guard for a COMMAND (CONFIG and OTA vectors carry none: a device judges those by ts, section
+    7); "now", the device's unix time (commands). A valid vector's fields must also re-encode to
+    exactly payload_hex."""
     topic = vec["topic"]
     payload = bytes.fromhex(vec["payload_hex"])
     try:
@@ -76,7 +78,7 @@ def check(vec: dict) -> dict:  # type: ignore[type-arg]
             for e, s in seen:
                 guard.seen[(e, s)] = 0xFFFFFFFF
             guard.accept(msg, vec.get("now"))
-        else:
+        elif msg.type < M.COMMAND:  # uplink
             win = ReplayWindow()
             for e, s in seen:
                 win.accept(e, s)

@@ -115,7 +115,9 @@ class Writer:
 
     def value(self, obj: object, depth: int = 0) -> None:
         """Canonical encoding of obj. Raises ProtocolError on types or sizes the protocol does
-        not carry, so a sender cannot build a packet that receivers must refuse."""
+        not carry. Two value rules are left to the caller, since this module stays in a device's
+        heap and a device's values are integers it measured: text MUST NOT hold U+0000 and
+        floats MUST be finite (receivers refuse both as bad_type, docs/PROTOCOL.md section 4)."""
         if depth >= MAX_DEPTH:
             refuse("too_deep")
         if obj is None:

@@ -14,8 +14,8 @@ scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=40)
+    | st.floats(allow_nan=False, allow_infinity=False)  # PROTOCOL.md section 4: finite
+    | st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
     | st.binary(max_size=40)
 )
 values = st.recursive(
@@ -66,6 +66,9 @@ def test_fast_path_declines_what_pure_refuses() -> None:
         b"\xd6\xff\x00\x00\x00\x01": "bad_type",  # timestamp ext
         b"\x91" * (MAX_DEPTH + 1) + b"\x01": "too_deep",
         b"\x81\xc3\x01": "bad_type",  # boolean key
+        b"\x91\xa3a\x00b": "bad_type",  # text holding U+0000
+        b"\x81\x01\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00": "bad_type",  # NaN
+        b"\x91\xca\xff\x80\x00\x00": "bad_type",  # float32 -infinity
     }
     for data, code in cases.items():
         assert fast_unpack(data) is None  # type: ignore[operator]

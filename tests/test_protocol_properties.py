@@ -25,8 +25,8 @@ FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 u32 = st.integers(0, 0xFFFFFFFF)
 ints = st.integers(-(2**63), 2**64 - 1)
-floats = st.floats(allow_nan=False)
-short_text = st.text(max_size=40)
+floats = st.floats(allow_nan=False, allow_infinity=False)  # section 4: finite only
+short_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
 ids = st.from_regex(r"\A[a-z0-9][a-z0-9-]{0,31}\Z")
 scalars = st.none() | st.booleans() | ints | floats | short_text | st.binary(max_size=100)
 
@@ -87,7 +87,10 @@ def test_codec_refuses_to_build_too_deep_values(v: object, wraps: int) -> None:
     assert e.value.code == "too_deep"
 
 
-metric_map = st.dictionaries(st.integers(0, 65535), st.none() | ints | floats, max_size=12)
+safe_ints = st.integers(-(2**53 - 1), 2**53 - 1)  # section 7: what a double holds exactly
+metric_map = st.dictionaries(st.integers(0, 65535), st.none() | safe_ints | floats, max_size=12)
+u8 = st.integers(0, 0xFF)
+u16 = st.integers(0, 0xFFFF)
 extra = st.dictionaries(st.integers(10, 40), scalars, max_size=3)
 
 
@@ -97,10 +100,10 @@ def body_for(mtype: int) -> st.SearchStrategy[Any]:
     if mtype == M.BATCH:
         return st.lists(st.tuples(u32, metric_map).map(list), min_size=1, max_size=4)
     required = {
-        M.BIRTH: {0: short_text, 1: short_text, 2: u32},
-        M.DEATH: {0: u32},
-        M.EVENT: {0: u32},
-        M.ACK: {0: u32, 1: u32, 2: u32},
+        M.BIRTH: {0: short_text, 1: short_text, 2: u8},
+        M.DEATH: {0: u8},
+        M.EVENT: {0: u16},
+        M.ACK: {0: u32, 1: u32, 2: u8},
         M.COMMAND: {0: u32, 1: u32},
         M.CONFIG: {},
         M.OTA: {0: u32},
@@ -108,15 +111,16 @@ def body_for(mtype: int) -> st.SearchStrategy[Any]:
     return st.tuples(st.fixed_dictionaries(required), extra).map(lambda t: {**t[1], **t[0]})
 
 
+def times(mtype: int) -> st.SearchStrategy[tuple[int | None, int | None]]:
+    """(ts, up) as section 5 requires: ts on downlink, at least one of them on uplink."""
+    if mtype >= M.COMMAND:
+        return st.tuples(u32, st.none() | u32)
+    return st.tuples(st.none() | u32, st.none() | u32).filter(lambda t: t != (None, None))
+
+
 messages = st.sampled_from(sorted(M.NAMES)).flatmap(
     lambda t: st.builds(
-        Message,
-        st.just(t),
-        u32,
-        u32,
-        body_for(t),
-        st.none() | u32,
-        st.none() | u32,
+        lambda e, s, b, tu: Message(t, e, s, b, tu[0], tu[1]), u32, u32, body_for(t), times(t)
     )
 )
 

@@ -36,7 +36,7 @@ def expected(vec: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_vector_set_covers_the_protocol() -> None:
-    assert FILES == ["device", "invalid", "noncanonical", "valid"]
+    assert FILES == ["admission", "device", "invalid", "noncanonical", "precedence", "valid"]
     assert len(ALL) >= 40
     bad = [v for _, v in ALL if "error" in v]
     good = [v for _, v in ALL if "fields" in v]
@@ -52,6 +52,11 @@ def test_vector_set_covers_the_protocol() -> None:
             "now",
         }
         assert ("fields" in v) != ("error" in v), v["name"]
+        mtype = M.BY_NAME[v["fields"]["type"]] if "fields" in v else None
+        if "seen" in v and mtype is not None:  # section 12: uplink windows and command guards
+            assert mtype <= M.ACK or mtype == M.COMMAND, v["name"]
+        if "now" in v and mtype is not None:
+            assert mtype == M.COMMAND, v["name"]
 
 
 def test_files_hold_one_vector_per_line_and_match_the_generator() -> None:

@@ -263,12 +263,12 @@ async def query_metrics(request: web.Request) -> web.Response:
         if device is not None:
             out["device"] = device
             pts = await fleet.raw_series(device, metric, since, until, limit)
-            out["points"] = [{"ts": t, "value": v} for t, v in pts]
+            out["points"] = [{"ts": t, "value": v, "approx": a} for t, v, a in pts]
         else:
             assert zone is not None
             out["zone"] = zone
             zpts = await fleet.zone_raw_series(zone, metric, since, until, limit)
-            out["points"] = [{"ts": t, "device": d, "value": v} for t, d, v in zpts]
+            out["points"] = [{"ts": t, "device": d, "value": v, "approx": a} for t, d, v, a in zpts]
     else:
         raise _bad("resolution is raw or hour")
     return web.json_response(out)

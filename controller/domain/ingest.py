@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.domain import timeline
 from controller.domain.presence import Presence
 from controller.domain.ratelimit import TokenBucket
 from controller.domain.records import (
@@ -34,7 +35,6 @@ WRONG_CHANNEL = "wrong_channel"  # a downlink channel published towards the cont
 IMPERSONATION = "impersonation"  # signed by another registered device's key: an ACL hole
 REASONS = (*CODES, UNKNOWN_DEVICE, DISABLED_DEVICE, WRONG_SITE, WRONG_CHANNEL, IMPERSONATION)
 
-CLOCK_SKEW = 300.0  # a device ts further than this in the future is replaced by ours
 _UPLINK = frozenset(topics.UPLINK)
 
 
@@ -63,6 +63,8 @@ class DeviceState:
     board: str | None = None
     boot_epoch: int | None = None
     death_open: bool = False
+    provisioned: float = 0.0  # registry created_at: the start of the plausible-time window
+    anchors: timeline.Anchors = field(default_factory=timeline.Anchors)
 
     def update(self) -> DeviceUpdate:
         p = self.presence
@@ -77,6 +79,7 @@ class DeviceState:
             birth_epoch=p.birth_epoch,
             birth_seq=p.birth_seq,
             death_open=self.death_open,
+            anchors=self.anchors.dumps(),
         )
 
 
@@ -94,19 +97,24 @@ def route(topic: str) -> tuple[str, str, str]:
 _DIVISOR = {mid: 10.0 ** row[3] for mid, row in REGISTRY.items()}
 
 
-def _samples(msg: Message, base: float) -> tuple[Sample, ...]:
+def _samples(msg: Message, base: float, start: float) -> tuple[tuple[Sample, ...], bool]:
     """Samples in physical units (protocol.metrics.real, inlined: this is the hot path, one
-    dict comprehension per sample)."""
+    dict comprehension per sample), and whether a BATCH sample's time (base - age) fell before
+    `start`, the plausible window's start, and was placed there (section 5)."""
     div = _DIVISOR.get
     if msg.type == M.REPORT:
         body: dict[int, Any] = msg.body  # type: ignore[assignment]
-        return ((0, base, {m: r / div(m, 1.0) for m, r in body.items() if r is not None}),)
+        return ((0, base, {m: r / div(m, 1.0) for m, r in body.items() if r is not None}),), False
     out: list[Sample] = []
+    clamped = False
     batch: list[tuple[int, dict[int, Any]]] = msg.body  # type: ignore[assignment]
     for i, (age, metrics) in enumerate(batch):
         vals = {m: r / div(m, 1.0) for m, r in metrics.items() if r is not None}
-        out.append((i, base - age, vals))
-    return tuple(out)
+        t = base - age
+        if t < start:
+            t, clamped = start, True
+        out.append((i, t, vals))
+    return tuple(out), clamped
 
 
 def _json_map(v: object) -> dict[str, Any] | None:
@@ -117,6 +125,7 @@ def _json_map(v: object) -> dict[str, Any] | None:
 class IngestCore:
     def __init__(self, offline_after: float = 180.0, impersonation_checks_per_s: float = 10.0):
         self.offline_after = offline_after
+        self.ts_implausible = 0  # messages stored under rule ts_implausible (section 5)
         self.devices: dict[str, DeviceState] = {}
         self.dirty: set[str] = set()
         self._scan_budget = TokenBucket(impersonation_checks_per_s, impersonation_checks_per_s)
@@ -147,8 +156,12 @@ class IngestCore:
                     ) from None
             raise Rejected(e.code, e.detail, dev_id) from None
         self._admit(dev, msg)
-        base = float(msg.ts) if msg.ts is not None and msg.ts <= now + CLOCK_SKEW else now
-        acc = self._accepted(dev, msg, now, base)
+        when = timeline.place(msg.ts, msg.up, msg.epoch, now, dev.provisioned, dev.anchors)
+        if msg.type == M.BIRTH and msg.up is not None:
+            dev.anchors.set(msg.epoch, when.t, msg.up)  # the first BIRTH of an epoch anchors it
+        if when.ts_implausible:
+            self.ts_implausible += 1
+        acc = self._accepted(dev, msg, now, when)
         transition = dev.presence.on_message(msg.type, msg.epoch, msg.seq, msg.body, now)
         self.dirty.add(dev.id)
         if transition is None:
@@ -181,12 +194,17 @@ class IngestCore:
             if dev.boot_epoch is None or msg.epoch > dev.boot_epoch:
                 dev.boot_epoch = msg.epoch
 
-    def _accepted(self, dev: DeviceState, msg: Message, now: float, base: float) -> Accepted:
+    def _accepted(
+        self, dev: DeviceState, msg: Message, now: float, when: timeline.Placement
+    ) -> Accepted:
         samples: tuple[Sample, ...] = ()
         event = ack = None
         body = msg.body
+        approx = when.approx
         if msg.type in (M.REPORT, M.BATCH):
-            samples = _samples(msg, base)
+            samples, clamped = _samples(msg, when.t, timeline.window_start(dev.provisioned))
+            if clamped:
+                approx = timeline.RECEIVED
         elif msg.type == M.EVENT and isinstance(body, dict):
             text = body.get(M.E_TEXT)
             sev = body.get(M.E_SEVERITY)
@@ -204,7 +222,7 @@ class IngestCore:
                 _json_map(body.get(M.A_DATA)),
             )
         return Accepted(
-            dev.id, dev.zone, msg.epoch, msg.seq, msg.type, now, base, event, ack, samples
+            dev.id, dev.zone, msg.epoch, msg.seq, msg.type, now, when.t, event, ack, samples, approx
         )
 
     def _who_signed(self, topic: str, payload: bytes, owner: str, now: float) -> str | None:

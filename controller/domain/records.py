@@ -38,10 +38,11 @@ class Accepted:
     seq: int
     mtype: int
     received: float  # controller clock, unix seconds
-    ts: float  # the message's own time (its ts, or `received` when the sender has no clock)
+    ts: float  # the message's time (docs/PROTOCOL.md section 5; controller/domain/timeline.py)
     event: DeviceEvent | None = None
     ack: AckRecord | None = None
     samples: tuple[Sample, ...] = ()
+    approx: int = 0  # how ts was found: timeline.EXACT, ANCHORED or RECEIVED
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class DeviceUpdate:
     birth_epoch: int | None
     birth_seq: int | None
     death_open: bool  # the DEATH reserved at the last BIRTH may still be accepted once
+    anchors: str | None = None  # timeline.Anchors.dumps(): the time anchors of recent epochs
 
 
 @dataclass

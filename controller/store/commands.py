@@ -9,6 +9,7 @@ from typing import Any
 
 from controller.domain.records import Accepted
 from controller.store.core import StoreCore
+from protocol.messages import R_BAD_TAG
 
 
 class Commands(StoreCore):
@@ -75,7 +76,10 @@ class Commands(StoreCore):
 
     def _apply_acks(self, fresh: list[Accepted]) -> None:
         """Settle the commands that the batch's new ACKs answer. Only the device a command was
-        sent to can settle it, and only once (acked IS NULL)."""
+        sent to can settle it, and only once (acked IS NULL). An ACK with result 5 (bad tag)
+        settles nothing: it names the (epoch, seq) of a message whose tag did not verify, which
+        anyone able to publish on the device's cmd topic could have chosen (docs/PROTOCOL.md
+        section 7, ACK); the command stays open for the real one's answer."""
         rows = [
             (
                 "ok" if m.ack.result == 0 else "failed",
@@ -87,7 +91,7 @@ class Commands(StoreCore):
                 m.device,
             )
             for m in fresh
-            if m.ack is not None
+            if m.ack is not None and m.ack.result != R_BAD_TAG
         ]
         if rows:
             self._executemany(

@@ -31,6 +31,7 @@ class DeviceRecord:
     birth_seq: int | None = None
     death_open: bool = False
     replay: bytes | None = None
+    anchors: str | None = None  # time anchors of recent boot epochs (domain/timeline.py)
 
     def public(self) -> dict[str, Any]:
         """The JSON view for the API: everything but the wrapped key and the replay state."""
@@ -52,7 +53,7 @@ class DeviceRecord:
 
 _DEVICE_COLS = (
     "id, site, zone, kind, tags, key_wrapped, status, created_at, firmware, board, last_seen, "
-    "online, boot_epoch, birth_epoch, birth_seq, death_open, replay"
+    "online, boot_epoch, birth_epoch, birth_seq, death_open, replay, anchors"
 )
 
 
@@ -75,6 +76,7 @@ def _device(row: Sequence[Any]) -> DeviceRecord:
         birth_seq=row[14],
         death_open=bool(row[15]),
         replay=bytes(row[16]) if row[16] is not None else None,
+        anchors=row[17],
     )
 
 

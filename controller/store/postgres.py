@@ -165,11 +165,13 @@ class PostgresStore(Store):
         self._execute_pg(
             "UPDATE devices SET last_seen = v.last_seen, online = v.online, replay = v.replay,"
             " firmware = v.firmware, board = v.board, boot_epoch = v.boot_epoch,"
-            " birth_epoch = v.birth_epoch, birth_seq = v.birth_seq, death_open = v.death_open"
+            " birth_epoch = v.birth_epoch, birth_seq = v.birth_seq, death_open = v.death_open,"
+            " anchors = v.anchors"
             " FROM unnest(%b::text[], %b::double precision[], %b::integer[], %b::bytea[],"
-            " %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[], %b::integer[])"
+            " %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[], %b::integer[],"
+            " %b::text[])"
             " AS v(id, last_seen, online, replay, firmware, board, boot_epoch, birth_epoch,"
-            " birth_seq, death_open) WHERE devices.id = v.id",
+            " birth_seq, death_open, anchors) WHERE devices.id = v.id",
             _columns(rows),
         )
 

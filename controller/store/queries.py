@@ -60,26 +60,29 @@ class Queries(StoreCore):
 
     def raw_series(
         self, device: str, metric: int, since: float, until: float, limit: int = 10000
-    ) -> list[tuple[float, float]]:
+    ) -> list[tuple[float, float, int]]:
+        """(ts, value, approx) in ts order; approx as in schema migration 6."""
         old = self._execute(
             "SELECT ts, value FROM raw_metrics WHERE device_id = ? AND metric = ?"
             " AND ts >= ? AND ts < ? ORDER BY ts LIMIT ?",
             (device, metric, since, until, limit),
         )
         new = self._packed(
-            "s.ts, s.vals FROM raw_samples s",
+            "s.ts, s.approx, s.vals FROM raw_samples s",
             "s.device_id = ? AND s.ts >= ? AND s.ts < ?",
             [device, since, until],
             metric,
             limit,
         )
-        pts = [(float(r[0]), float(r[1])) for r in old] + [(float(r[0]), r[1]) for r in new]
+        pts = [(float(r[0]), float(r[1]), 0) for r in old]
+        pts += [(float(r[0]), r[2], int(r[1])) for r in new]
         pts.sort(key=lambda p: p[0])
         return pts[:limit]
 
     def zone_raw_series(
         self, zone: str, metric: int, since: float, until: float, limit: int = 10000
-    ) -> list[tuple[float, str, float]]:
+    ) -> list[tuple[float, str, float, int]]:
+        """(ts, device, value, approx) in ts order."""
         old = self._execute(
             "SELECT r.ts, r.device_id, r.value FROM raw_metrics r JOIN devices d"
             " ON d.id = r.device_id WHERE d.zone = ? AND r.metric = ? AND r.ts >= ? AND r.ts < ?"
@@ -87,14 +90,15 @@ class Queries(StoreCore):
             (zone, metric, since, until, limit),
         )
         new = self._packed(
-            "s.ts, s.device_id, s.vals FROM raw_samples s JOIN devices d ON d.id = s.device_id",
+            "s.ts, s.device_id, s.approx, s.vals FROM raw_samples s"
+            " JOIN devices d ON d.id = s.device_id",
             "d.zone = ? AND s.ts >= ? AND s.ts < ?",
             [zone, since, until],
             metric,
             limit,
         )
-        pts = [(float(r[0]), str(r[1]), float(r[2])) for r in old]
-        pts += [(float(r[0]), str(r[1]), r[2]) for r in new]
+        pts = [(float(r[0]), str(r[1]), float(r[2]), 0) for r in old]
+        pts += [(float(r[0]), str(r[1]), r[3], int(r[2])) for r in new]
         pts.sort(key=lambda p: p[0])
         return pts[:limit]
 
@@ -111,7 +115,7 @@ class Queries(StoreCore):
 
     def device_events(self, device: str, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._execute(
-            "SELECT epoch, seq, ts, code, severity, text, data FROM device_events"
+            "SELECT epoch, seq, ts, code, severity, text, data, approx FROM device_events"
             " WHERE device_id = ? ORDER BY ts DESC LIMIT ?",
             (device, limit),
         )
@@ -124,6 +128,7 @@ class Queries(StoreCore):
                 "severity": r[4],
                 "text": r[5],
                 "data": json.loads(r[6]) if r[6] else None,
+                "approx": r[7],
             }
             for r in rows
         ]

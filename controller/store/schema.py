@@ -187,6 +187,19 @@ MIGRATIONS: list[list[str]] = [
             extra TEXT NOT NULL DEFAULT '{{}}'
         )""",
     ],
+    # 5: reserved for issue 10's ingest work (the quarantine table), written on another branch;
+    # whichever merges second keeps this numbering (both branches were written against it).
+    [],
+    # 6: time placement (docs/PROTOCOL.md section 5, controller/domain/timeline.py). `approx`
+    # says how a sample's or event's ts was found: 0 the device's ts, 1 its uptime anchored on
+    # the epoch's first BIRTH, 2 the receive time; rows stored before this migration read 0.
+    # devices.anchors keeps the anchors of recent epochs (JSON [[epoch, t, up], ...]) so a
+    # restarted controller places a backlog as the one that saw the BIRTH would.
+    [
+        "ALTER TABLE raw_samples ADD COLUMN approx INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE device_events ADD COLUMN approx INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE devices ADD COLUMN anchors TEXT",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -32,6 +32,7 @@ def device_update_rows(updates: list[DeviceUpdate]) -> list[tuple[object, ...]]:
             u.birth_epoch,
             u.birth_seq,
             int(u.death_open),
+            u.anchors,
         )
         for u in sorted(updates, key=lambda u: u.device)
     ]
@@ -93,11 +94,14 @@ class Writes(Rollups, Commands):
                 if mask is None:  # devices of a kind report the same metric set: cache it
                     mask = masks[ids] = sum({1 << (mid % MASK_BITS) for mid in ids})
                 total += len(vals)
-                packed.append((m.device, m.epoch, m.seq, i, ts, len(vals), mask, pack(vals)))
+                packed.append(
+                    (m.device, m.epoch, m.seq, i, ts, len(vals), mask, pack(vals), m.approx)
+                )
         if not packed:
             return 0
         self._insert_values(
-            "INSERT INTO raw_samples (device_id, epoch, seq, sample, ts, n, mask, vals)", packed
+            "INSERT INTO raw_samples (device_id, epoch, seq, sample, ts, n, mask, vals, approx)",
+            packed,
         )
         self._write_rollups(fresh)
         return total
@@ -113,12 +117,14 @@ class Writes(Rollups, Commands):
                 m.event.severity,
                 m.event.text,
                 json.dumps(m.event.data) if m.event.data is not None else None,
+                m.approx,
             )
             for m in fresh
             if m.event is not None
         ]
         self._insert_values(
-            "INSERT INTO device_events (device_id, epoch, seq, ts, code, severity, text, data)",
+            "INSERT INTO device_events"
+            " (device_id, epoch, seq, ts, code, severity, text, data, approx)",
             rows,
             " ON CONFLICT DO NOTHING",
         )
@@ -129,14 +135,14 @@ class Writes(Rollups, Commands):
         rows = device_update_rows(updates)
         for i in range(0, len(rows), 1000):
             chunk = rows[i : i + 1000]
-            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
             self._execute(
                 "UPDATE devices SET last_seen = CAST(v.column2 AS DOUBLE PRECISION),"
                 " online = CAST(v.column3 AS INTEGER),"
                 f" replay = CAST(v.column4 AS {self.BLOB}), firmware = CAST(v.column5 AS TEXT),"
                 " board = CAST(v.column6 AS TEXT), boot_epoch = CAST(v.column7 AS BIGINT),"
                 " birth_epoch = CAST(v.column8 AS BIGINT), birth_seq = CAST(v.column9 AS BIGINT),"
-                " death_open = CAST(v.column10 AS INTEGER)"
+                " death_open = CAST(v.column10 AS INTEGER), anchors = CAST(v.column11 AS TEXT)"
                 f" FROM (VALUES {values}) AS v WHERE devices.id = v.column1",
                 [x for r in chunk for x in r],
             )

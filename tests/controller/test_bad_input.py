@@ -105,6 +105,6 @@ def test_each_bad_input_counted_nothing_stored(
     # exactly three messages stored: dev-a's good report, dev-b's BIRTH and its report
     assert s.count("messages") == 3
     assert "birth" in [p["reason"] for p in s.presence_events("dev-b")]
-    assert [v for _, v in s.raw_series("dev-a", 16, 0, 2e9)] == [5.0]
-    assert [v for _, v in s.raw_series("dev-b", 16, 0, 2e9)] == [7.0]
+    assert [v for _, v, _ in s.raw_series("dev-a", 16, 0, 2e9)] == [5.0]
+    assert [v for _, v, _ in s.raw_series("dev-b", 16, 0, 2e9)] == [7.0]
     s.close()

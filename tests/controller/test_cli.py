@@ -105,7 +105,7 @@ def test_serve_cli_and_crash_safety(tmp_path: Path, broker: Broker) -> None:
         p.send_signal(signal.SIGTERM)
         assert p.wait(20) == 0
     s = open_store(StoreConfig(path=str(tmp_path / "idu.sqlite")))
-    values = sorted(v for _, v in s.raw_series("ap-1", 16, 0, 2e9))
+    values = sorted(v for _, v, _ in s.raw_series("ap-1", 16, 0, 2e9))
     s.close()
     assert values == [float(i) for i in range(1500)]  # each exactly once
     logs = [

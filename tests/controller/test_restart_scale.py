@@ -46,7 +46,7 @@ def test_restart_resumes_session_and_window(
     # the first run PUBACKed all it stored (batched acks): the broker redelivered none of it
     assert ct2.ctl.metrics.duplicates._value.get() == 0
     s = open_store(store_cfg)
-    values = [v for _, v in s.raw_series("ap-1", 16, 0, 2e9)]
+    values = [v for _, v, _ in s.raw_series("ap-1", 16, 0, 2e9)]
     assert sorted(values) == [float(i) for i in range(150)]
     assert s.count("messages") == 151  # BIRTH + 150 reports
     s.close()

@@ -78,7 +78,7 @@ def test_batches_store_each_message_once_and_roll_up(store: Store, master: Maste
     r2 = store.write_batch(Batch([b, c, a]))  # redelivery of a and b, plus a new c
     assert (r2.messages, r2.rows, r2.duplicates) == (1, 1, 2)
     assert store.count("raw_metrics") == 4
-    assert store.raw_series("s-1", 57, T0, T0 + HOUR) == [(T0 + 10, 20.0), (T0 + 70, 22.0)]
+    assert store.raw_series("s-1", 57, T0, T0 + HOUR) == [(T0 + 10, 20.0, 0), (T0 + 70, 22.0, 0)]
     dev = store.hourly("device", "s-1", 57, T0, T0 + HOUR)
     assert dev == [{"hour": T0, "count": 2, "min": 20.0, "max": 22.0, "mean": 21.0, "last": 22.0}]
     zone = store.hourly("zone", "baixa", 57, T0, T0 + HOUR)
@@ -125,6 +125,12 @@ def test_commands_and_acks(store: Store, master: MasterKey) -> None:
     forged = Accepted("ap-2", "foz", 1, 5, M.ACK, now, now, ack=AckRecord(e1, 1, 0, None))
     store.write_batch(Batch([forged]))
     assert store.get_command(e1, 1)["status"] == "sent"  # type: ignore[index]
+    # nor does a bad-tag ACK (result 5): it names whatever (epoch, seq) a forger wrote
+    bad_tag = Accepted(
+        "ap-1", "foz", 1, 4, M.ACK, now, now, ack=AckRecord(e1, 1, M.R_BAD_TAG, None)
+    )
+    store.write_batch(Batch([bad_tag]))
+    assert store.get_command(e1, 1)["status"] == "sent"  # type: ignore[index]
     real = Accepted("ap-1", "foz", 1, 5, M.ACK, now, now, ack=AckRecord(e1, 1, 0, {"0": 1}))
     store.write_batch(Batch([real]))
     cmd = store.get_command(e1, 1)
@@ -134,11 +140,13 @@ def test_commands_and_acks(store: Store, master: MasterKey) -> None:
 def test_packed_samples_answer_per_metric_queries(store: Store, master: MasterKey) -> None:
     """Raw samples are packed one row per (message, sample); a metric query still returns only
     that metric, also when another metric shares its mask bit (1 and 63), and BATCH samples keep
-    their own times. Rows stored in raw_metrics before migration 2 are still read."""
+    their own times and their message's approx (migration 6). Rows stored in raw_metrics before
+    migration 2 are still read (approx 0)."""
     registry.create_device(store, master, "s-1", "porto", "baixa", "sensor")
     batch = Accepted(
         "s-1", "baixa", 1, 1, M.BATCH, T0 + 100, T0 + 100,
         samples=((0, T0 + 10, {1: 5.0, 63: 6.0}), (1, T0 + 20, {63: 7.0}), (2, T0 + 30, {1: 8.0})),
+        approx=1,
     )  # fmt: skip
     r = store.write_batch(Batch([batch, report("s-1", "baixa", 2, T0 + 40, {63: 9.0})]))
     assert (r.messages, r.rows) == (2, 5)
@@ -150,13 +158,19 @@ def test_packed_samples_answer_per_metric_queries(store: Store, master: MasterKe
         (T0 + 5,),
     )
     assert store.raw_series("s-1", 1, T0, T0 + HOUR) == [
-        (T0 + 5, 4.0),
-        (T0 + 10, 5.0),
-        (T0 + 30, 8.0),
+        (T0 + 5, 4.0, 0),
+        (T0 + 10, 5.0, 1),
+        (T0 + 30, 8.0, 1),
     ]
-    assert store.raw_series("s-1", 63, T0, T0 + HOUR, limit=2) == [(T0 + 10, 6.0), (T0 + 20, 7.0)]
-    assert store.raw_series("s-1", 63, T0 + 15, T0 + HOUR) == [(T0 + 20, 7.0), (T0 + 40, 9.0)]
-    assert store.zone_raw_series("baixa", 63, T0, T0 + HOUR)[-1] == (T0 + 40, "s-1", 9.0)
+    assert store.raw_series("s-1", 63, T0, T0 + HOUR, limit=2) == [
+        (T0 + 10, 6.0, 1),
+        (T0 + 20, 7.0, 1),
+    ]
+    assert store.raw_series("s-1", 63, T0 + 15, T0 + HOUR) == [
+        (T0 + 20, 7.0, 1),
+        (T0 + 40, 9.0, 0),
+    ]
+    assert store.zone_raw_series("baixa", 63, T0, T0 + HOUR)[-1] == (T0 + 40, "s-1", 9.0, 0)
     assert store.raw_series("s-1", 2, T0, T0 + HOUR) == []
     h = store.hourly("device", "s-1", 63, T0, T0 + HOUR)
     assert h == [{"hour": T0, "count": 3, "min": 6.0, "max": 9.0, "mean": 22.0 / 3, "last": 9.0}]
@@ -184,7 +198,7 @@ def test_upgrade_from_schema_1_keeps_old_raw_rows(store_cfg: StoreConfig) -> Non
         )
     assert s.migrate() == 1 and s.schema_version() == LATEST
     s.write_batch(Batch([report("s-1", "baixa", 2, T0 + 2, {57: 21.0})]))
-    assert s.raw_series("s-1", 57, T0, T0 + HOUR) == [(T0 + 1, 20.5), (T0 + 2, 21.0)]
+    assert s.raw_series("s-1", 57, T0, T0 + HOUR) == [(T0 + 1, 20.5, 0), (T0 + 2, 21.0, 0)]
     assert s.count("raw_metrics") == 2
     s.close()
 
@@ -338,7 +352,7 @@ def test_retention_keeps_device_and_zone_hourly(
     ):
         assert got == expected_hourly(batch, scope, key, 57)
     assert store.prune_raw(T0 - 30 * 86400) == 3
-    assert store.raw_series("s-1", 57, *span) == [(T0 + 10, 7.0)]
+    assert store.raw_series("s-1", 57, *span) == [(T0 + 10, 7.0, 0)]
     for _ in range(2):
         assert {
             k: store.hourly("zone" if k in ("baixa", "foz") else "device", k, 57, *span)

@@ -63,5 +63,5 @@ def test_publish_properties_are_skipped_payload_intact(
     finally:
         ct2.stop()
     s = open_store(store_cfg)
-    assert [v for _, v in s.raw_series(dev_id, 16, 0, 2e9)] == [float(i) for i in range(21)]
+    assert [v for _, v, _ in s.raw_series(dev_id, 16, 0, 2e9)] == [float(i) for i in range(21)]
     s.close()

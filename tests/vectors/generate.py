@@ -107,6 +107,8 @@ FILES: dict[str, list[dict[str, Any]]] = {
     "noncanonical": [],
     "invalid": [],
     "device": [],
+    "admission": [],
+    "precedence": [],
 }
 
 
@@ -238,6 +240,8 @@ def build_valid() -> None:
         REP,
         Message(R, 5, 11, {128: 1, 200: 2, 4000: 3, 65535: 4}, ts=T0),
     )
+    # Metric integers stop at +-(2**53 - 1), what a double holds exactly (section 7); the codec's
+    # full range (-2**63 .. 2**64-1) is in admission.json's event_data_full_integer_range.
     pos = {
         100: 0,
         101: 127,
@@ -248,7 +252,7 @@ def build_valid() -> None:
         106: 65536,
         107: u32,
         108: u32 + 1,
-        109: 2**64 - 1,
+        109: 2**53 - 1,
     }
     valid(f, "report_int_boundaries_positive", REP, Message(R, 5, 12, pos, ts=T0))
     neg = {
@@ -261,7 +265,7 @@ def build_valid() -> None:
         106: -32769,
         107: -(2**31),
         108: -(2**31) - 1,
-        109: -(2**63),
+        109: -(2**53 - 1),
     }
     valid(f, "report_int_boundaries_negative", REP, Message(R, 5, 13, neg, ts=T0))
     valid(
@@ -479,13 +483,7 @@ def build_valid() -> None:
         Message(R, 9, 1, {1: 1}, up=1),
         seen=[[5, 3], [6, 1], [7, 1], [8, 1]],
     )
-    valid(
-        f,
-        "config_after_earlier_config",
-        cfg,
-        Message(M.CONFIG, 9, 30, {0: 120}, ts=T0),
-        seen=[[9, 8]],
-    )
+    valid(f, "config_after_earlier_config", cfg, Message(M.CONFIG, 9, 30, {0: 120}, ts=T0))
 
 
 def build_noncanonical() -> None:
@@ -718,9 +716,6 @@ def build_invalid() -> None:
     invalid(f, "replay_same_epoch_seq", REP, ok, "replay", seen=[[5, 10]])
     invalid(f, "replay_older_than_window", REP, ok, "replay", seen=[[5, 10 + 1024]])
     invalid(f, "replay_evicted_epoch", REP, ok, "replay", seen=[[6, 1], [7, 1], [8, 1], [9, 1]])
-    cfg = topic(AP, "cfg")
-    cfg_msg = envelope(head(M.CONFIG, epoch=9, seq=8) + [(6, {0: 60})], cfg)
-    invalid(f, "replay_config_redelivered", cfg, cfg_msg, "replay", seen=[[9, 8]])
     cmd = topic(AP, "cmd")
     ping = envelope(head(M.COMMAND, epoch=9, seq=3) + [(6, {0: 1, 1: T0 + 60})], cmd)
     invalid(f, "replay_command_already_executed", cmd, ping, "replay", seen=[[9, 3]], now=T0 + 1)
@@ -985,8 +980,359 @@ def build_device() -> None:
     )
 
 
+def build_admission() -> None:
+    """Issue 10 item 4 and 7: what the store can hold, decided per field (docs/PROTOCOL.md
+    sections 4, 5 and 7), and the time fields. Every refusal here is a message an earlier,
+    looser reading stored (or stored wrongly)."""
+    f = "admission"
+    R = M.REPORT
+    evt = topic(AP, "evt")
+    birth = topic(AP, "birth")
+    ack = topic(AP, "ack")
+    death = topic(AP, "death")
+    cmd = topic(AP, "cmd")
+    cfg = topic(AP, "cfg")
+    ota = topic(AP, "ota")
+
+    def rep(name: str, body: object, error: str, mtype: int = R) -> None:
+        invalid(f, name, REP, envelope(head(mtype) + [(6, body)], REP), error)
+
+    # Metric values: nil, a finite float, or an integer a double holds exactly.
+    safe = 2**53 - 1
+    valid(
+        f, "report_metric_safe_integer_limits", REP, Message(R, 5, 40, {1: safe, 2: -safe}, ts=T0)
+    )
+    rep("bad_field_metric_2_pow_53", {16: 2**53}, "bad_field")
+    rep("bad_field_metric_minus_2_pow_53", {16: -(2**53)}, "bad_field")
+    rep("bad_field_metric_uint64_max", {16: 2**64 - 1}, "bad_field")
+    rep("bad_field_metric_int64_min", {16: -(2**63)}, "bad_field")
+    rep("bad_field_batch_metric_2_pow_53", [[0, {16: 1}], [60, {16: 2**53}]], "bad_field", M.BATCH)
+    # The codec's integer range is unchanged: maps kept as JSON text hold it exactly.
+    valid(
+        f,
+        "event_data_full_integer_range",
+        evt,
+        Message(M.EVENT, 5, 41, {0: M.EV_SENSOR_FAULT, 3: {0: 2**64 - 1, 1: -(2**63)}}, ts=T0),
+    )
+    # Floats are finite (a codec rule: bad_type wherever they appear).
+    for name, raw in (
+        ("bad_type_float64_nan", "cb7ff8000000000000"),
+        ("bad_type_float64_infinity", "cb7ff0000000000000"),
+        ("bad_type_float32_minus_infinity", "caff800000"),
+        ("bad_type_float32_nan", "ca7fc00000"),
+    ):
+        rep(name, Raw("8139" + raw), "bad_type")
+    nan_data = Raw("820006" + "0381" + "00cb7ff8000000000000")
+    invalid(
+        f,
+        "bad_type_nan_inside_event_data",
+        evt,
+        envelope(head(M.EVENT) + [(6, nan_data)], evt),
+        "bad_type",
+    )
+    valid(
+        f,
+        "report_float_extremes_finite",
+        REP,
+        Message(R, 5, 42, {57: 1.7976931348623157e308, 58: -5e-324, 59: 0.0}, ts=T0),
+    )
+    # Text is UTF-8 without U+0000 (a codec rule: bad_type wherever it appears).
+    invalid(
+        f,
+        "bad_type_event_text_with_nul",
+        evt,
+        envelope(head(M.EVENT) + [(6, Raw("820006" + "02a3610062"))], evt),
+        "bad_type",
+    )
+    invalid(
+        f,
+        "bad_type_birth_firmware_only_nul",
+        birth,
+        envelope(
+            head(M.BIRTH) + [(6, Raw("83" + "00a100" + "01a5" + b"esp32".hex() + "0200"))], birth
+        ),
+        "bad_type",
+    )
+    invalid(
+        f,
+        "bad_type_nul_in_string_inside_data",
+        evt,
+        envelope(head(M.EVENT) + [(6, Raw("820006" + "038100a200ff"))], evt),
+        "bad_type",
+    )
+    # uint fields refuse negatives, and each has the width its stored column holds.
+    for name, tpc, mtype, body in (
+        ("bad_field_event_code_negative", evt, M.EVENT, {0: -1}),
+        ("bad_field_event_code_2_pow_63", evt, M.EVENT, {0: 2**63}),
+        ("bad_field_event_code_above_uint16", evt, M.EVENT, {0: 65536}),
+        ("bad_field_event_severity_above_uint8", evt, M.EVENT, {0: 1, 1: 256}),
+        ("bad_field_death_reason_negative", death, M.DEATH, {0: -1}),
+        (
+            "bad_field_birth_boot_reason_above_uint8",
+            birth,
+            M.BIRTH,
+            {0: "0.1.0", 1: "esp32", 2: 256},
+        ),
+        ("bad_field_ack_result_negative", ack, M.ACK, {0: 9, 1: 3, 2: -4}),
+        ("bad_field_ack_cmd_seq_above_uint32", ack, M.ACK, {0: 9, 1: 2**32, 2: 0}),
+        ("bad_field_ack_cmd_epoch_float", ack, M.ACK, {0: 9.0, 1: 3, 2: 0}),
+        ("bad_field_batch_age_above_uint32", REP, M.BATCH, [[2**32, {1: 1}]]),
+        ("bad_field_command_op_negative", cmd, M.COMMAND, {0: -1, 1: T0 + 60}),
+        ("bad_field_ota_phase_negative", ota, M.OTA, {0: -3}),
+    ):
+        hd = head(mtype, epoch=9) if mtype >= M.COMMAND else head(mtype)
+        invalid(f, name, tpc, envelope(hd + [(6, body)], tpc), "bad_field")
+    valid(f, "event_code_uint16_max", evt, Message(M.EVENT, 5, 43, {0: 65535, 1: 255}, ts=T0))
+    valid(
+        f,
+        "ack_cmd_fields_uint32_max",
+        ack,
+        Message(M.ACK, 5, 44, {0: 2**32 - 1, 1: 2**32 - 1, 2: 255}, ts=T0),
+    )
+    # Optional uplink fields: absent, or of their type (nil is not absence).
+    b0: dict[int, object] = {0: "0.1.0", 1: "esp32", 2: 0}
+    for name, tpc, mtype, body in (
+        ("bad_field_birth_config_hash_7_bytes", birth, M.BIRTH, {**b0, 3: bytes(7)}),
+        ("bad_field_birth_config_hash_string", birth, M.BIRTH, {**b0, 3: "00112233"}),
+        ("bad_field_birth_safe_mode_integer", birth, M.BIRTH, {**b0, 4: 1}),
+        ("bad_field_birth_kind_binary", birth, M.BIRTH, {**b0, 5: b"ap"}),
+        ("bad_field_birth_interval_negative", birth, M.BIRTH, {**b0, 6: -60}),
+        ("bad_field_birth_buffered_float", birth, M.BIRTH, {**b0, 7: 3.0}),
+        ("bad_field_event_severity_string", evt, M.EVENT, {0: 1, 1: "warning"}),
+        ("bad_field_event_text_integer", evt, M.EVENT, {0: 1, 2: 42}),
+        ("bad_field_event_text_nil", evt, M.EVENT, {0: 1, 2: None}),
+        ("bad_field_event_data_array", evt, M.EVENT, {0: 1, 3: [17]}),
+        ("bad_field_ack_data_nil", ack, M.ACK, {0: 9, 1: 3, 2: 0, 3: None}),
+    ):
+        invalid(f, name, tpc, envelope(head(mtype) + [(6, body)], tpc), "bad_field")
+    valid(
+        f,
+        "event_unknown_key_any_value_kept",
+        evt,
+        Message(M.EVENT, 5, 45, {0: 1, 9: [None, 2**64 - 1, b"\x00"]}, ts=T0),
+    )
+    # Downlink bodies: the envelope checks the fields it needs; arguments are the operation's
+    # (a device answers ACK result 1 bad args), so these decode.
+    valid(
+        f,
+        "command_args_not_a_map_decodes",
+        cmd,
+        Message(M.COMMAND, 9, 40, {0: M.OP_SET_CONFIG, 1: T0 + 60, 2: 5}, ts=T0),
+        now=T0,
+    )
+    valid(f, "config_interval_string_decodes", cfg, Message(M.CONFIG, 9, 41, {0: "60"}, ts=T0))
+    # Time: uplink carries ts or up; downlink carries ts; plausibility is the receiver's rule.
+    invalid(
+        f,
+        "bad_field_report_neither_ts_nor_up",
+        REP,
+        envelope(head(R, ts=None) + [(6, {16: 5})], REP),
+        "bad_field",
+    )
+    invalid(
+        f,
+        "bad_field_death_neither_ts_nor_up",
+        death,
+        envelope(head(M.DEATH, ts=None) + [(6, {0: 0})], death),
+        "bad_field",
+    )
+    invalid(
+        f,
+        "bad_field_config_up_only",
+        cfg,
+        envelope(head(M.CONFIG, epoch=9, ts=None, up=50) + [(6, {0: 60})], cfg),
+        "bad_field",
+    )
+    invalid(
+        f,
+        "bad_field_ota_without_ts",
+        ota,
+        envelope(head(M.OTA, epoch=9, ts=None) + [(6, {0: 3})], ota),
+        "bad_field",
+    )
+    valid(f, "report_ts_1_decodes", REP, Message(R, 5, 46, {16: 5}, ts=1))
+    valid(f, "report_ts_uint32_max_decodes", REP, Message(R, 5, 47, {16: 5}, ts=2**32 - 1))
+
+
+def build_device_strict() -> None:
+    """The downlink side of the strict reading, in the device subset (64 KiB, .mpy): the codec's
+    value rules and the downlink time and field rules, as a device meets them."""
+    f = "device"
+    cmd = topic(AP, "cmd")
+    cfg = topic(AP, "cfg")
+    invalid(
+        f,
+        "dev_config_without_ts",
+        cfg,
+        envelope(head(M.CONFIG, epoch=9, seq=30, ts=None, up=7) + [(6, {0: 60})], cfg),
+        "bad_field",
+    )
+    invalid(
+        f,
+        "dev_command_op_negative",
+        cmd,
+        envelope(head(M.COMMAND, epoch=9, seq=31) + [(6, {0: -2, 1: T0 + 60})], cmd),
+        "bad_field",
+        now=T0,
+    )
+    nan = Raw("81" + "01" + "81" + "30cb7ff8000000000000")  # {1: {48: NaN}}
+    invalid(
+        f,
+        "dev_config_nan_deadband",
+        cfg,
+        envelope(head(M.CONFIG, epoch=9, seq=32) + [(6, nan)], cfg),
+        "bad_type",
+    )
+
+
+def build_precedence() -> None:
+    """Issue 10 item 3: one vector per case where two errors apply, named by the rule that
+    decides (docs/PROTOCOL.md section 4 "Reading a value" and section 10 "Check order")."""
+    f = "precedence"
+    R = M.REPORT
+    evt = topic(AP, "evt")
+    ota = topic(AP, "ota")
+    cmd = topic(AP, "cmd")
+
+    def body(name: str, raw: str, error: str, mtype: int = R, tpc: str = REP) -> None:
+        invalid(f, name, tpc, envelope(head(mtype) + [(6, Raw(raw))], tpc), error)
+
+    # A length over its limit and past the end: the limit is checked first (too_big).
+    body(
+        "too_big_str16_over_limit_and_past_end",
+        "820006" + "02da0100" + "7878",
+        "too_big",
+        M.EVENT,
+        evt,
+    )
+    body("too_big_str32_huge_and_past_end", "820006" + "02dbffffffff", "too_big", M.EVENT, evt)
+    body("too_big_bin32_huge_and_past_end", "820002" + "06c6ffffffff", "too_big", M.OTA, ota)
+    body("too_big_map32_huge_count_and_past_end", "dfffffffff", "too_big")
+    body("too_big_array16_65_items_and_past_end", "dc0041", "too_big", M.BATCH)
+    # Within its limit but past the end: truncated.
+    body("truncated_str8_within_limit_past_end", "820006" + "02d9c87878", "truncated", M.EVENT, evt)
+    body("truncated_bin16_within_limit_past_end", "820002" + "06c50800ab", "truncated", M.OTA, ota)
+    # A collection that cannot fit (1 byte per item, 2 per map entry) is truncated before any
+    # of its items is read, even one that is itself wrong.
+    body("truncated_map_count_before_its_first_key", "8fc1", "truncated")
+    body("truncated_array_count_before_its_first_item", "dc0030c1", "truncated", M.BATCH)
+    # Repeated map key: refused at the key, before its value is read.
+    body("bad_field_repeated_key_before_a_reserved_value", "821001" + "10c1", "bad_field")
+    body("bad_field_repeated_key_before_a_truncated_value", "821001" + "10da00ff", "bad_field")
+    body("bad_field_repeated_key_before_a_too_big_value", "821001" + "10dbffffffff", "bad_field")
+    # The first error in byte order wins, across nested values.
+    body("bad_field_repeated_key_before_a_later_ext", "831001" + "1001" + "11d40105", "bad_field")
+    body("bad_type_ext_before_a_later_repeated_key", "8311d40105" + "10011001", "bad_type")
+    body("bad_type_string_key_before_its_value", "81a178c1", "bad_type")
+    # Depth is checked before the item's bytes are read: too_deep, whatever the item.
+    deep = "820006" + "03810091" + "91c1"  # {0: 6, 3: {0: [[<c1>]]}}: c1 at the 6th level
+    body("too_deep_before_reading_a_reserved_byte", deep, "too_deep", M.EVENT, evt)
+    # Envelope order: v before the key set, the tag before types and bodies, field ranges
+    # (time included) before the channel, then the body.
+    invalid(
+        f,
+        "unknown_version_before_unknown_key",
+        REP,
+        envelope(head(R, v=2) + [(6, {16: 5}), (9, 0)], REP),
+        "unknown_version",
+    )
+    invalid(
+        f,
+        "bad_field_unknown_key_before_missing_seq",
+        REP,
+        envelope([e for e in head(R) if e[0] != 3] + [(6, {16: 5}), (8, 0)], REP),
+        "bad_field",
+    )
+    flipped = envelope(head(R) + [(6, {16: "x"})], REP)
+    invalid(f, "bad_tag_before_body_shape", REP, flipped[:-1] + bytes([flipped[-1] ^ 1]), "bad_tag")
+    bad_u = envelope(head(12, ts=None) + [(6, {16: 5})], REP)
+    invalid(f, "bad_tag_before_unknown_type", REP, bad_u[:-1] + bytes([bad_u[-1] ^ 1]), "bad_tag")
+    invalid(
+        f,
+        "unknown_type_before_missing_time",
+        REP,
+        envelope(head(12, ts=None) + [(6, {16: 5})], REP),
+        "unknown_type",
+    )
+    invalid(
+        f,
+        "bad_field_missing_time_before_wrong_channel",
+        evt,
+        envelope(head(R, ts=None) + [(6, {16: 5})], evt),
+        "bad_field",
+    )
+    invalid(
+        f,
+        "unknown_type_wrong_channel_before_body_shape",
+        evt,
+        envelope(head(R) + [(6, [1])], evt),
+        "unknown_type",
+    )
+    invalid(
+        f,
+        "bad_field_body_before_replay",
+        REP,
+        envelope(head(R) + [(6, {16: 2**53})], REP),
+        "bad_field",
+        seen=[[5, 10]],
+    )
+    # Commands: expiry before the replay check.
+    ping = envelope(head(M.COMMAND, epoch=9, seq=3) + [(6, {0: 1, 1: T0 + 60})], cmd)
+    invalid(f, "expired_before_replay", cmd, ping, "expired", seen=[[9, 3]], now=T0 + 61)
+    invalid(
+        f,
+        "too_big_payload_before_parsing",
+        topic(AP, "death"),
+        bytes([0xC1]) * 129,
+        "too_big",
+    )
+    invalid(f, "truncated_before_trailing_check", REP, bytes.fromhex("8700"), "truncated")
+    # The tag is key 7's value and the payload's last 16 bytes: a body whose last bytes only look
+    # like the tag entry (`07 c4 10` + 16) while key 7 came earlier is bad_tag, on either reading.
+    mimic = [*head(R), (7, bytes(16)), (6, Raw("92" + "07c410" + "00" * 16))]
+    invalid(
+        f,
+        "bad_tag_body_ends_like_the_tag_entry",
+        REP,
+        envelope(mimic, REP, count=len(mimic), trailer=b"", tag=b""),
+        "bad_tag",
+    )
+
+
 def render(vectors: list[dict[str, Any]]) -> str:
     return "[\n" + ",\n".join(json.dumps(v, ensure_ascii=False) for v in vectors) + "\n]\n"
+
+
+DOC = HERE.parents[1] / "docs" / "PROTOCOL.md"
+COUNTS_OPEN = "<!-- vector-counts: generated by tests/vectors/generate.py, do not edit -->"
+COUNTS_CLOSE = "<!-- /vector-counts -->"
+ABOUT = {
+    "valid": "canonical valid messages, one or more of every type",
+    "noncanonical": "valid bytes a canonical encoder would not write",
+    "invalid": "one or more per error name",
+    "device": "the device subset: run in a 64 KiB heap from .mpy, and the mutation seeds",
+    "admission": "what the store can hold, per field, and the time fields (sections 4, 5, 7)",
+    "precedence": "which error is reported when two apply (sections 4 and 10)",
+}
+
+
+def counts_table(files: dict[str, list[dict[str, Any]]]) -> str:
+    """The table docs/PROTOCOL.md section 12 shows between its vector-counts markers."""
+    rows = ["| file | valid | invalid | total | what |", "|---|---|---|---|---|"]
+    tv = ti = 0
+    for name in sorted(files):
+        v = sum("fields" in x for x in files[name])
+        i = len(files[name]) - v
+        tv, ti = tv + v, ti + i
+        rows.append("| `%s.json` | %d | %d | %d | %s |" % (name, v, i, v + i, ABOUT.get(name, "")))
+    rows.append("| all | %d | %d | **%d** | |" % (tv, ti, tv + ti))
+    return "\n".join(rows)
+
+
+def with_counts(doc: str, files: dict[str, list[dict[str, Any]]]) -> str:
+    a = doc.index(COUNTS_OPEN) + len(COUNTS_OPEN)
+    b = doc.index(COUNTS_CLOSE)
+    return doc[:a] + "\n" + counts_table(files) + "\n" + doc[b:]
 
 
 def main(argv: list[str]) -> int:
@@ -994,6 +1340,9 @@ def main(argv: list[str]) -> int:
     build_noncanonical()
     build_invalid()
     build_device()
+    build_device_strict()
+    build_admission()
+    build_precedence()
     status = 0
     for name, vecs in FILES.items():
         names = [v["name"] for v in vecs]
@@ -1018,6 +1367,17 @@ def main(argv: list[str]) -> int:
         else:
             path.write_text(text)
             print("wrote %s: %d vectors" % (path.name, len(vecs)))
+    doc = DOC.read_text()
+    want = with_counts(doc, FILES)
+    if "--check" in argv:
+        if doc != want:
+            print(
+                "%s: vector counts differ from the files (rerun generate.py)" % DOC, file=sys.stderr
+            )
+            status = 1
+    elif doc != want:
+        DOC.write_text(want)
+        print("wrote the vector counts in %s" % DOC.name)
     return status
 
 
