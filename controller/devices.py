@@ -50,6 +50,7 @@ class DeviceCache:
             board=rec.board,
             boot_epoch=rec.boot_epoch,
             death_open=rec.death_open,
+            pruned=rec.pruned,
         )
 
     def load(self, rec: DeviceRecord) -> None:
@@ -73,6 +74,7 @@ class DeviceCache:
             else:
                 dev.active = rec.status == registry.ACTIVE
                 dev.zone = rec.zone
+                dev.pruned = rec.pruned  # retention ran (here or in another controller)
 
     def get(self, device_id: str) -> DeviceState | None:
         return self.core.devices.get(device_id)

@@ -32,7 +32,19 @@ DISABLED_DEVICE = "disabled_device"  # registered but disabled by an operator
 WRONG_SITE = "wrong_site"  # the topic's site is not the device's registered site
 WRONG_CHANNEL = "wrong_channel"  # a downlink channel published towards the controller
 IMPERSONATION = "impersonation"  # signed by another registered device's key: an ACL hole
-REASONS = (*CODES, UNKNOWN_DEVICE, DISABLED_DEVICE, WRONG_SITE, WRONG_CHANNEL, IMPERSONATION)
+# Older than the replay window and beyond what the store still remembers: its ts is older than
+# raw retention, or its (epoch, seq) is at or below the newest key retention deleted for the
+# device. Storing it could store a pruned message a second time, so it is refused.
+BEYOND_RETENTION = "beyond_retention"
+REASONS = (
+    *CODES,
+    UNKNOWN_DEVICE,
+    DISABLED_DEVICE,
+    WRONG_SITE,
+    WRONG_CHANNEL,
+    IMPERSONATION,
+    BEYOND_RETENTION,
+)
 
 CLOCK_SKEW = 300.0  # a device ts further than this in the future is replaced by ours
 _UPLINK = frozenset(topics.UPLINK)
@@ -63,6 +75,7 @@ class DeviceState:
     board: str | None = None
     boot_epoch: int | None = None
     death_open: bool = False
+    pruned: tuple[int, int] | None = None  # newest (epoch, seq) whose store key was pruned
 
     def update(self) -> DeviceUpdate:
         p = self.presence
@@ -115,8 +128,14 @@ def _json_map(v: object) -> dict[str, Any] | None:
 
 
 class IngestCore:
-    def __init__(self, offline_after: float = 180.0, impersonation_checks_per_s: float = 10.0):
+    def __init__(
+        self,
+        offline_after: float = 180.0,
+        impersonation_checks_per_s: float = 10.0,
+        retention_s: float = 30 * 86400.0,
+    ):
         self.offline_after = offline_after
+        self.retention_s = retention_s  # store.raw_retention_days: the bound for late messages
         self.devices: dict[str, DeviceState] = {}
         self.dirty: set[str] = set()
         self._scan_budget = TokenBucket(impersonation_checks_per_s, impersonation_checks_per_s)
@@ -125,9 +144,15 @@ class IngestCore:
         self.devices[dev.id] = dev
 
     def ingest(
-        self, topic: str, payload: bytes, now: float
+        self, topic: str, payload: bytes, now: float, replaying: bool = False
     ) -> tuple[Accepted, PresenceEvent | None]:
-        """Check one message. Raises Rejected(reason); nothing changes state unless accepted."""
+        """Check one message. Raises Rejected(reason); nothing changes state unless accepted.
+
+        A message older than the replay window is not refused as a replay: it comes back
+        `late` (the store's key decides whether it was stored; the pipeline puts it in the
+        batch like any other) unless it is beyond retention (BEYOND_RETENTION). A late message
+        changes no device state or presence: it is history. `replaying` (a message replayed
+        from quarantine) skips the window and is treated as late."""
         site, dev_id, channel = route(topic)
         dev = self.devices.get(dev_id)
         if dev is None:
@@ -146,8 +171,11 @@ class IngestCore:
                         IMPERSONATION, f"{signer_id} published on {dev_id}'s topic", dev_id
                     ) from None
             raise Rejected(e.code, e.detail, dev_id) from None
-        self._admit(dev, msg)
+        late = replaying or self._admit(dev, msg)
         base = float(msg.ts) if msg.ts is not None and msg.ts <= now + CLOCK_SKEW else now
+        if late:
+            self._check_retained(dev, msg, now)
+            return self._accepted(dev, msg, now, base, late=True), None
         acc = self._accepted(dev, msg, now, base)
         transition = dev.presence.on_message(msg.type, msg.epoch, msg.seq, msg.body, now)
         self.dirty.add(dev.id)
@@ -155,9 +183,11 @@ class IngestCore:
             return acc, None
         return acc, PresenceEvent(dev.id, now, transition[0], transition[1])
 
-    def _admit(self, dev: DeviceState, msg: Message) -> None:
+    def _admit(self, dev: DeviceState, msg: Message) -> bool:
         """Replay window, with the DEATH rule: the last will reserved at connect (BIRTH seq - 1)
-        may be older than the window by the time the broker publishes it; accept it once."""
+        may be older than the window by the time the broker publishes it; accept it once.
+        Returns True for a message below the window (late: a question for the store); raises
+        Rejected(REPLAY) only for one the window knows it accepted."""
         p = dev.presence
         reserved = (
             msg.type == M.DEATH
@@ -167,6 +197,8 @@ class IngestCore:
         )
         if dev.window.seen(msg.epoch, msg.seq):
             if not reserved:
+                if dev.window.too_old(msg.epoch, msg.seq):
+                    return True
                 raise Rejected(REPLAY, f"epoch {msg.epoch} seq {msg.seq}", dev.id)
         else:
             dev.window.accept(msg.epoch, msg.seq)
@@ -180,8 +212,24 @@ class IngestCore:
             dev.board = body[M.B_BOARD]
             if dev.boot_epoch is None or msg.epoch > dev.boot_epoch:
                 dev.boot_epoch = msg.epoch
+        return False
 
-    def _accepted(self, dev: DeviceState, msg: Message, now: float, base: float) -> Accepted:
+    def _check_retained(self, dev: DeviceState, msg: Message, now: float) -> None:
+        """A late message is stored only if the store can still tell it was not: its key is
+        above the device's pruned mark, and its own time is within raw retention."""
+        if dev.pruned is not None and (msg.epoch, msg.seq) <= dev.pruned:
+            raise Rejected(
+                BEYOND_RETENTION,
+                f"epoch {msg.epoch} seq {msg.seq} is at or below the pruned key"
+                f" {dev.pruned[0]}/{dev.pruned[1]}",
+                dev.id,
+            )
+        if msg.ts is not None and msg.ts < now - self.retention_s:
+            raise Rejected(BEYOND_RETENTION, f"ts {msg.ts} is older than raw retention", dev.id)
+
+    def _accepted(
+        self, dev: DeviceState, msg: Message, now: float, base: float, late: bool = False
+    ) -> Accepted:
         samples: tuple[Sample, ...] = ()
         event = ack = None
         body = msg.body
@@ -204,7 +252,7 @@ class IngestCore:
                 _json_map(body.get(M.A_DATA)),
             )
         return Accepted(
-            dev.id, dev.zone, msg.epoch, msg.seq, msg.type, now, base, event, ack, samples
+            dev.id, dev.zone, msg.epoch, msg.seq, msg.type, now, base, event, ack, samples, late
         )
 
     def _who_signed(self, topic: str, payload: bytes, owner: str, now: float) -> str | None:

@@ -42,6 +42,9 @@ class Accepted:
     event: DeviceEvent | None = None
     ack: AckRecord | None = None
     samples: tuple[Sample, ...] = ()
+    # Older than the replay window (or replayed from quarantine): the window cannot tell
+    # whether it was stored, so the store's key decides, and it changes no device state.
+    late: bool = False
 
 
 @dataclass(frozen=True)

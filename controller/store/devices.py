@@ -31,6 +31,9 @@ class DeviceRecord:
     birth_seq: int | None = None
     death_open: bool = False
     replay: bytes | None = None
+    # The newest (epoch, seq) whose message key retention deleted (store/retention.py): a
+    # message at or below it that is older than the replay window is refused, not re-stored.
+    pruned: tuple[int, int] | None = None
 
     def public(self) -> dict[str, Any]:
         """The JSON view for the API: everything but the wrapped key and the replay state."""
@@ -52,7 +55,7 @@ class DeviceRecord:
 
 _DEVICE_COLS = (
     "id, site, zone, kind, tags, key_wrapped, status, created_at, firmware, board, last_seen, "
-    "online, boot_epoch, birth_epoch, birth_seq, death_open, replay"
+    "online, boot_epoch, birth_epoch, birth_seq, death_open, replay, pruned_epoch, pruned_seq"
 )
 
 
@@ -75,6 +78,7 @@ def _device(row: Sequence[Any]) -> DeviceRecord:
         birth_seq=row[14],
         death_open=bool(row[15]),
         replay=bytes(row[16]) if row[16] is not None else None,
+        pruned=(int(row[17]), int(row[18])) if row[17] is not None else None,
     )
 
 
