@@ -6,13 +6,15 @@ the subscriber connects and drains the backlog. Measured in the same run, on the
 
 1. noop: a paho QoS 1 subscriber (MQTT v5, paho's own loop) that only counts messages;
 2. controller: the real Controller (verify, replay window, decode, batch commit, PUBACK after
-   commit) on SQLite, or PostgreSQL with --backend postgres;
+   commit) on SQLite, or PostgreSQL with --backend postgres (a private cluster this starts from
+   Debian's binaries and removes at the end, as the tests do; --dsn uses an existing server);
 3. shared: two `idufleet serve` processes on a $share subscription, one store.
 
 Also the pure per-report costs: protocol decode+verify, and the whole ingest core.
 
     .venv/bin/python benchmarks/ingest.py --quick            # < 1 minute
     .venv/bin/python benchmarks/ingest.py --backend postgres
+    .venv/bin/python benchmarks/ingest.py --backend postgres --dsn "host=... dbname=..."
 
 Last line: JSON with backend, sent, stored, lost, duplicated, noop_per_s, stored_per_s, ratio
 (stored_per_s / noop_per_s), p99_ingest_ms (controller receive -> commit), shared_per_s, the
@@ -64,6 +66,7 @@ from controller.store import open_store  # noqa: E402
 from protocol import messages as M  # noqa: E402
 from protocol.envelope import Message, decode, encode  # noqa: E402
 from protocol.sign import Signer  # noqa: E402
+from tests.support.postgres import PostgresCluster  # noqa: E402
 
 FILTER = "idu/1/+/+/rep"
 AP_REPORT = {1: 86400, 2: 41000, 3: -61, 16: 37, 17: 12, 18: 25, 20: -84, 21: -63, 22: -41,
@@ -249,9 +252,9 @@ def per_report_costs(keys: list[tuple[str, bytes]], n: int = 20000) -> dict[str,
     return {"decode_verify_us": round(t_decode * 1e6, 2), "ingest_core_us": round(t_core * 1e6, 2)}
 
 
-def store_config(backend: str, workdir: Path) -> StoreConfig:
+def store_config(backend: str, workdir: Path, dsn: str = "") -> StoreConfig:
     if backend == "postgres":
-        return StoreConfig(backend="postgres", schema="bench_" + uuid.uuid4().hex[:10])
+        return StoreConfig(backend="postgres", dsn=dsn, schema="bench_" + uuid.uuid4().hex[:10])
     return StoreConfig(backend="sqlite", path=str(workdir / "idu.sqlite"))
 
 
@@ -290,6 +293,7 @@ def shared_drain(
             "IDUFLEET_MQTT_SHARED_GROUP": "bench",
             "IDUFLEET_STORE_BACKEND": store_cfg.backend,
             "IDUFLEET_STORE_PATH": store_cfg.path,
+            "IDUFLEET_STORE_DSN": store_cfg.dsn,
             "IDUFLEET_STORE_SCHEMA": store_cfg.schema,
             "IDUFLEET_KEYS_MASTER_KEY_FILE": str(workdir / "master.key"),
             "IDUFLEET_INGEST_BATCH_SIZE": "1000",
@@ -339,18 +343,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="30k reports per phase (< 1 minute)")
     ap.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument(
+        "--dsn",
+        default="",
+        help="postgres: use this server (libpq string) instead of starting a private cluster",
+    )
     ap.add_argument("--devices", type=int, default=None)
     ap.add_argument("--per-device", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=500, help="ingest.batch_size")
     ap.add_argument("--batch-ms", type=int, default=50, help="ingest.batch_ms")
     ap.add_argument("--no-shared", action="store_true", help="skip the two-controller phase")
     args = ap.parse_args()
+    if args.backend == "postgres" and not args.dsn:
+        # Durable settings (fsync, synchronous_commit on), as a deployment and the server the
+        # numbers in docs/CONTROLLER.md were measured on; stopped and removed however we end.
+        with PostgresCluster(speed=False) as pg:
+            print(f"private PostgreSQL: {pg.dsn} ({pg.start_seconds:.2f} s)", file=sys.stderr)
+            run(args, pg.dsn)
+    else:
+        run(args, args.dsn)
+
+
+def run(args: argparse.Namespace, dsn: str) -> None:
     n_dev = args.devices or (100 if args.quick else 500)
     per_device = args.per_device or (300 if args.quick else 400)
     n = n_dev * per_device
     workdir = Path(tempfile.mkdtemp(prefix="idufleet-bench-"))
     broker, port = start_broker(workdir)
-    store_cfg = store_config(args.backend, workdir)
+    store_cfg = store_config(args.backend, workdir, dsn)
     master_hex = os.urandom(32).hex()
     (workdir / "master.key").write_text(master_hex)
     master = MasterKey(bytes.fromhex(master_hex))

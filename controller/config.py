@@ -46,13 +46,19 @@ class MqttConfig:
 class StoreConfig:
     backend: str = "sqlite"
     path: str = "var/idufleet.sqlite"  # sqlite only
-    dsn: str = "host=127.0.0.1 dbname=test"  # postgres only
+    dsn: str = ""  # postgres only, and required there: a libpq connection string
     schema: str = "idufleet"  # postgres only: everything lives in this schema
     raw_retention_days: float = 30.0
 
     def __post_init__(self) -> None:
         if self.backend not in ("sqlite", "postgres"):
             raise ConfigError(f"store.backend {self.backend!r}: use 'sqlite' or 'postgres'")
+        if self.backend == "postgres" and not self.dsn.strip():
+            raise ConfigError(
+                "store.dsn must be set when store.backend is 'postgres': a libpq connection"
+                " string such as 'host=db.example dbname=idufleet user=idufleet' (a password"
+                " through IDUFLEET_STORE_DSN or ~/.pgpass, not the config file)"
+            )
         if not self.schema.replace("_", "").isalnum() or not self.schema[:1].isalpha():
             raise ConfigError("store.schema must be letters, digits and _ starting with a letter")
         if self.raw_retention_days <= 0:

@@ -1,5 +1,6 @@
-"""Shared fixtures: a private Mosquitto per test (config written by the test) and a runner for
-the real MicroPython binary."""
+"""Shared fixtures: a private Mosquitto per test (config written by the test), one private
+PostgreSQL cluster per run (started by the first test that needs it), and a runner for the real
+MicroPython binary."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker
+from tests.support.postgres import PostgresCluster, session_cluster, stop_session_cluster
 from tests.support.upy import UpyResult, run_upy
 
 
@@ -31,6 +33,20 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
 def broker(broker_factory: Callable[..., Broker]) -> Broker:
     """A plain anonymous loopback broker on a free port."""
     return broker_factory()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> PostgresCluster:
+    """ONE private PostgreSQL cluster (Debian's binaries, a temp dir, a free loopback port) for
+    the whole run, never the machine's own server. Started lazily, by the first test that needs
+    it (this fixture, or a postgres store_config), so a run without postgres tests never starts
+    one; stopped and removed when the session finishes. Tests isolate themselves by schema."""
+    return session_cluster()
+
+
+@pytest.hookimpl(trylast=True)  # after the session fixtures' teardown, which may still use it
+def pytest_sessionfinish() -> None:
+    stop_session_cluster()
 
 
 @pytest.fixture

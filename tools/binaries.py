@@ -1,5 +1,6 @@
 """Where the external programs the device side runs are found: the MicroPython unix port, its
-bytecode compiler and Mosquitto. One finder for the CLI (build, flash, demo), the tests and the
+bytecode compiler, Mosquitto, and the PostgreSQL server binaries the tests and benchmarks start
+their private cluster from. One finder for the CLI (build, flash, demo), the tests and the
 benchmarks, so a machine set up by `make setup` is found the same way by all of them.
 
 Imports nothing from controller/ or the rest of tools/: anything may import it."""
@@ -54,3 +55,24 @@ def mosquitto() -> str:
         "run `make mosquitto` (it installs Debian's mosquitto)",
         ("/usr/sbin/mosquitto",),
     )
+
+
+def postgres_bindir() -> Path:
+    """The bin directory of Debian's newest installed PostgreSQL server (initdb and postgres in
+    /usr/lib/postgresql/<major>/bin; not on PATH, and pg_wrapper's initdb is not the real one)."""
+    found = [
+        d / "bin"
+        for d in Path("/usr/lib/postgresql").glob("*")
+        if (d / "bin" / "initdb").is_file() and (d / "bin" / "postgres").is_file()
+    ]
+    if not found:
+        raise MissingBinary(
+            "PostgreSQL server binaries not found under /usr/lib/postgresql/<version>/bin: run "
+            "`make postgresql` (it installs Debian's postgresql, creating no cluster)"
+        )
+
+    def version(bin_dir: Path) -> tuple[int, ...]:
+        parts = bin_dir.parent.name.split(".")
+        return tuple(int(p) for p in parts if p.isdigit())
+
+    return max(found, key=version)

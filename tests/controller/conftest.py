@@ -1,5 +1,6 @@
-"""Controller test fixtures: a store per backend (SQLite file, PostgreSQL schema created and
-dropped by the test), a master key, and a registered-device helper."""
+"""Controller test fixtures: a store per backend (SQLite file, or a PostgreSQL schema created and
+dropped by the test in the run's one private cluster), a master key, and a registered-device
+helper."""
 
 from __future__ import annotations
 
@@ -13,17 +14,17 @@ import pytest
 from controller.config import StoreConfig
 from controller.keys import MasterKey
 from controller.store import Store, open_store
+from tests.support.postgres import session_cluster
 
 BACKENDS = ["sqlite", "postgres"]
 
 
 def store_config(backend: str, tmp_path: Path) -> StoreConfig:
+    """PostgreSQL: a fresh schema in the run's private cluster (the `postgres` fixture's), which
+    this starts on first use, so a run without postgres tests never starts one."""
     if backend == "postgres":
-        return StoreConfig(
-            backend="postgres",
-            dsn="host=127.0.0.1 dbname=test",
-            schema="t_" + uuid.uuid4().hex[:12],
-        )
+        dsn = session_cluster().dsn
+        return StoreConfig(backend="postgres", dsn=dsn, schema="t_" + uuid.uuid4().hex[:12])
     return StoreConfig(backend="sqlite", path=str(tmp_path / "idu.sqlite"))
 
 

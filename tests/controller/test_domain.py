@@ -216,6 +216,8 @@ def test_config_env_overrides_and_errors() -> None:
         ({"mqtt": {"prot": 1}}, {}, "unknown key mqtt.prot"),
         ({"nope": {}}, {}, r"unknown section \[nope\]"),
         ({}, {"IDUFLEET_STORE_BACKEND": "mysql"}, "use 'sqlite' or 'postgres'"),
+        ({"store": {"backend": "postgres"}}, {}, "store.dsn must be set"),
+        ({}, {"IDUFLEET_STORE_BACKEND": "postgres", "IDUFLEET_STORE_DSN": " "}, "store.dsn"),
         ({"ingest": {"batch_size": 0}}, {}, "batch_size"),
     ]:
         with pytest.raises(ConfigError, match=match):
