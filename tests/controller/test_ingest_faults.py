@@ -12,12 +12,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import psycopg
 import pytest
 from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
@@ -26,11 +26,12 @@ from controller.config import Config, HealthConfig, StoreConfig
 from controller.keys import MasterKey
 from controller.store import open_store
 from protocol import messages as M
-from tests.controller.conftest import raw_sql, store_config
+from tests.controller.conftest import drop, raw_sql, store_config
 from tests.controller.devsim import SimDevice, wait_for
 from tests.controller.harness import ControllerThread, make_config
 from tests.controller.test_service import http, register
 from tests.support.broker import Broker
+from tests.support.postgres import PostgresCluster
 from tools.cli import cli
 
 TOKEN = "secret-token"
@@ -223,53 +224,68 @@ def test_health_503_while_the_broker_drops_then_200(
         ct.stop()
 
 
-def _terminate(cfg: StoreConfig) -> int:
-    """pg_terminate_backend for this test's controller sessions only (application_name names
-    the schema): the server is shared with other test runs."""
-    with psycopg.connect(cfg.dsn, autocommit=True) as c:
-        row = c.execute(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE application_name = %s",
-            (f"idufleet:{cfg.schema}",),
-        ).fetchone()
-    return int(row[0]) if row else 0
+def _stream(d: SimDevice, n: int) -> threading.Thread:
+    t = threading.Thread(target=lambda: [d.report({16: i}) for i in range(n)])
+    t.start()
+    return t
+
+
+@pytest.fixture
+def pg_store(postgres: PostgresCluster, tmp_path: Path) -> Iterator[StoreConfig]:
+    cfg = store_config("postgres", tmp_path)
+    yield cfg
+    drop(cfg)
 
 
 def test_postgres_backends_terminated_at_idle_and_under_load(
-    tmp_path: Path, master: MasterKey, broker: Broker
+    pg_store: StoreConfig, postgres: PostgresCluster, master: MasterKey, broker: Broker
 ) -> None:
-    cfg_store = store_config("postgres", tmp_path)
+    keys = register(pg_store, master, 1)
+    ct = ControllerThread(make_config(pg_store, broker.port, batch_size=50), master).start()
     try:
-        keys = register(cfg_store, master, 1)
-        ct = ControllerThread(make_config(cfg_store, broker.port, batch_size=50), master).start()
-        try:
-            d = SimDevice("dev-0", keys[0], broker.port)
-            d.connect()
-            ct.wait(lambda c: c.metrics.stored._value.get() >= 1, what="BIRTH stored")
-            # idle: the next API read reopens the connection and answers
-            assert _terminate(cfg_store) >= 1
-            status, devs = http(ct.url + "/api/devices")
-            assert status == 200 and devs[0]["id"] == "dev-0"
-            # under load: killed twice while reports stream in
-            sent = 1
-            n = 600
-            pub = threading.Thread(target=lambda: [d.report({16: i}) for i in range(n)])
-            pub.start()
-            for at in (100, 350):
-                ct.wait(lambda c, at=at: c.metrics.stored._value.get() >= at, 20, f"{at}")
-                assert _terminate(cfg_store) >= 1
-            pub.join(60)
-            sent += n
-            wait_for(lambda: count(cfg_store, "messages") == sent, 20, f"{sent} stored")
-            assert count(cfg_store, "raw_metrics") == n  # no sample twice
-            assert ct.ctl is not None and ct.ctl.db.reconnects >= 2
-            wait_for(lambda: health(ct)[0] == 200, 10, "healthy")
-        finally:
-            ct.stop()
+        d = SimDevice("dev-0", keys[0], broker.port)
+        d.connect()
+        ct.wait(lambda c: c.metrics.stored._value.get() >= 1, what="BIRTH stored")
+        # idle: the next API read reopens the connection and answers
+        assert postgres.terminate_backends() >= 1
+        status, devs = http(ct.url + "/api/devices")
+        assert status == 200 and devs[0]["id"] == "dev-0"
+        # under load: killed twice while reports stream in
+        n = 600
+        pub = _stream(d, n)
+        for at in (100, 350):
+            ct.wait(lambda c, at=at: c.metrics.stored._value.get() >= at, 20, f"{at} stored")
+            assert postgres.terminate_backends() >= 1
+        pub.join(60)
+        wait_for(lambda: count(pg_store, "messages") == 1 + n, 20, f"{1 + n} stored")
+        assert count(pg_store, "raw_metrics") == n  # no sample twice
+        assert ct.ctl is not None and ct.ctl.db.reconnects >= 3
+        wait_for(lambda: health(ct)[0] == 200, 10, "healthy")
     finally:
-        from tests.controller.conftest import drop
+        ct.stop()
 
-        drop(cfg_store)
+
+def test_postgres_server_restart_under_load(
+    pg_store: StoreConfig, postgres: PostgresCluster, master: MasterKey, broker: Broker
+) -> None:
+    """The server restarts (every session cut, refused while it starts): the pipeline keeps
+    its batch, compaction and the ticker keep running, ingest resumes, each report stored once."""
+    keys = register(pg_store, master, 1)
+    ct = ControllerThread(make_config(pg_store, broker.port, batch_size=50), master).start()
+    try:
+        d = SimDevice("dev-0", keys[0], broker.port)
+        d.connect()
+        n = 400
+        pub = _stream(d, n)
+        ct.wait(lambda c: c.metrics.stored._value.get() >= 100, 20, "100 stored")
+        postgres.restart()
+        pub.join(60)
+        wait_for(lambda: count(pg_store, "messages") == 1 + n, 30, f"{1 + n} stored")
+        assert count(pg_store, "raw_metrics") == n
+        assert ct.ctl is not None and ct.ctl.db.reconnects >= 1
+        wait_for(lambda: health(ct)[0] == 200, 10, "healthy")
+    finally:
+        ct.stop()
 
 
 def test_message_below_the_window_is_a_question_for_the_store(
