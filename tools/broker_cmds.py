@@ -102,7 +102,7 @@ def init_cmd(
         raise CliError(str(e)) from e
     click.echo(
         f"queues: {queues.max_queued_messages} messages per client"
-        f" ({outage:g} s outage of {devices} devices), memory_limit {queues.memory_limit} B"
+        f" ({outage:g} s outage of {devices} devices); give the broker {queues.memory_limit} B"
     )
     click.echo(f"config: {files.conf}")
     click.echo(f"accounts (admin, controller; mode 0600): {files.credentials}")
