@@ -248,3 +248,26 @@ def test_rejections_all_counted_but_logged_at_a_bounded_rate(
     records = [r for r in caplog.records if r.getMessage() == "message rejected"]
     assert 1 <= len(records) <= 11  # the burst, plus at most one refill during the loop
     assert all(getattr(r, "reason", None) == "bad_tag" for r in records)
+
+
+def test_below_the_window_is_late_not_a_replay_and_retention_bounds_it() -> None:
+    """Issue 10, item 2, in the pure core: 2,000 seqs behind the newest is late (the store's
+    key decides) and changes no state; in the window a seen seq is still `replay`; at or below
+    the pruned key, or with a ts older than retention, it is `beyond_retention`."""
+    c = IngestCore(offline_after=60, retention_s=30 * 86400.0)
+    c.add(DeviceState("d1", "porto", "foz", SIGNER))
+    c.ingest(*payload(M.REPORT, 3000, {16: 1}), NOW)
+    c.take_updates()
+    acc, pres = c.ingest(*payload(M.REPORT, 1000, {16: 2}), NOW)
+    assert acc.late and pres is None and c.take_updates() == []
+    with pytest.raises(Rejected) as e:
+        c.ingest(*payload(M.REPORT, 3000, {16: 1}), NOW)
+    assert e.value.reason == "replay"
+    c.devices["d1"].pruned = (3, 1000)
+    with pytest.raises(Rejected) as e:
+        c.ingest(*payload(M.REPORT, 1000, {16: 2}), NOW)
+    assert e.value.reason == "beyond_retention"
+    assert c.ingest(*payload(M.REPORT, 1001, {16: 2}), NOW)[0].late
+    with pytest.raises(Rejected) as e:
+        c.ingest(*payload(M.REPORT, 1002, {16: 2}), NOW + 31 * 86400)  # ts 31 days old
+    assert e.value.reason == "beyond_retention"
