@@ -15,6 +15,7 @@ from controller.api.http import ApiOps, start_api
 from controller.config import Config
 from controller.devices import DeviceCache
 from controller.domain.commands import CommandIssuer
+from controller.domain.health import BROKER_DROPPING, COMMIT_STALE, STORE_FAILING
 from controller.domain.ingest import IngestCore
 from controller.fleet import Fleet
 from controller.keys import MasterKey, load_master
@@ -23,6 +24,7 @@ from controller.pipeline import Pipeline
 from controller.store.thread import StoreThread
 
 log = logging.getLogger("idufleet.controller")
+HEALTH_REASONS = (STORE_FAILING, COMMIT_STALE, BROKER_DROPPING)
 
 
 class _Shutdown(Exception):
@@ -38,7 +40,11 @@ class Controller:
         self.master = master or load_master(cfg.keys, create=False)
         self.metrics = Metrics()
         self.db = StoreThread(cfg.store)
-        self.devices = DeviceCache(IngestCore(offline_after=cfg.ingest.offline_after), self.master)
+        core = IngestCore(
+            offline_after=cfg.ingest.offline_after,
+            retention_s=cfg.store.raw_retention_days * 86400.0,
+        )
+        self.devices = DeviceCache(core, self.master)
         self.pipeline = Pipeline(cfg, self.devices, self.db, self.metrics)
         self.core = self.devices.core
         self.link = self.pipeline.link
@@ -55,11 +61,31 @@ class Controller:
         )
 
     def health(self) -> dict[str, Any]:
-        """The /health snapshot."""
+        """The /health snapshot. `status` is "failing" (HTTP 503) while `reasons` names any of
+        controller.domain.health's causes: the store failing, commits stale, broker drops."""
+        now = time.time()
+        reasons = self.pipeline.health_reasons(now)
+        for r in HEALTH_REASONS:
+            self.metrics.unhealthy.labels(r).set(1.0 if r in reasons else 0.0)
+        failing = self.db.failing_since
+        self.metrics.store_failing.set(0.0 if failing is None else now - failing)
+        self.metrics.store_reconnects.set(self.db.reconnects)
+        h = self.pipeline.health
         return {
-            "status": "ok",
+            "status": "failing" if reasons else "ok",
+            "reasons": reasons,
             "mqtt_connected": self.link.connected.is_set(),
             "store": self.cfg.store.backend,
+            "store_ok": failing is None,
+            "store_failing_s": None if failing is None else round(now - failing, 1),
+            "store_error": self.db.last_error if failing is not None else None,
+            "store_reconnects": self.db.reconnects,
+            "last_commit_age_s": None
+            if self.pipeline.last_commit is None
+            else round(now - self.pipeline.last_commit, 1),
+            "waiting_s": None if h.waiting_since is None else round(now - h.waiting_since, 1),
+            "broker_dropped": h.dropped,
+            "broker_drops_seen": h.drops_seen,
             "devices": len(self.devices),
             "online": self.devices.online(),
             "uptime_s": round(time.time() - self.started, 1),
@@ -90,7 +116,12 @@ class Controller:
             },
         )
         ops = ApiOps(
-            self.fleet, self.health, self.metrics.registry, self.cfg.api, self.cfg.fleet.zones
+            self.fleet,
+            self.health,
+            self.metrics.registry,
+            self.cfg.api,
+            self.cfg.fleet.zones,
+            self.pipeline,
         )
         self.api_runner, self.api_port = await start_api(ops)
 
@@ -116,7 +147,8 @@ class Controller:
             if self.api_runner is not None:
                 with contextlib.suppress(Exception):
                     await self.api_runner.cleanup()
-            await self.db.close()
+            # Bounded: a store call stuck in the driver is left to its daemon thread.
+            await self.db.close(timeout=2.0)
             log.info("controller stopped")
 
     # Figures the benchmarks and tests read.

@@ -78,12 +78,33 @@ class IngestConfig:
     offline_after: int = 180  # seconds without any message before a device is marked offline
     reject_log_per_min: int = 30  # rejection log lines per minute (all are counted)
     ack_after_commit: bool = True  # PUBACK only once stored: a crash loses nothing
+    # SIGTERM: seconds to commit and acknowledge what was received before disconnecting anyway;
+    # what is not committed by then stays unacknowledged with the broker (redelivered later).
+    shutdown_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.batch_ms < 1:
             raise ConfigError("ingest.batch_size and ingest.batch_ms must be >= 1")
+        if self.shutdown_timeout <= 0:
+            raise ConfigError("ingest.shutdown_timeout must be > 0 seconds")
         if self.offline_after < 1:
             raise ConfigError("ingest.offline_after must be >= 1 second")
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """When /health answers 503 (the reasons are in its JSON): the store has failed for
+    store_failing_s; messages have waited for a commit longer than commit_stale_s; the broker's
+    dropped-message counter rose within the last broker_drop_hold_s."""
+
+    store_failing_s: float = 30.0
+    commit_stale_s: float = 60.0
+    broker_drop_hold_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("store_failing_s", "commit_stale_s", "broker_drop_hold_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"health.{name} must be > 0 seconds")
 
 
 @dataclass(frozen=True)
@@ -160,6 +181,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     log: LogConfig = field(default_factory=LogConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def redacted(self) -> dict[str, dict[str, Any]]:
         """The config as a dict with secrets replaced, for logs and `--check` output."""
@@ -181,6 +203,7 @@ _SECTION_TYPES = {
     "api": ApiConfig,
     "log": LogConfig,
     "fleet": FleetConfig,
+    "health": HealthConfig,
 }
 
 

@@ -58,6 +58,7 @@ class DeviceCache:
             death_open=rec.death_open,
             provisioned=rec.created_at,
             anchors=anchors,
+            pruned=rec.pruned,
         )
 
     def load(self, rec: DeviceRecord) -> None:
@@ -81,6 +82,7 @@ class DeviceCache:
             else:
                 dev.active = rec.status == registry.ACTIVE
                 dev.zone = rec.zone
+                dev.pruned = rec.pruned  # retention ran (here or in another controller)
 
     def get(self, device_id: str) -> DeviceState | None:
         return self.core.devices.get(device_id)

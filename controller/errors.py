@@ -37,6 +37,27 @@ class StoreError(ControllerError):
     code = "store"
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or cannot write right now (connection lost, server
+    restarting, database locked, disk full): retry the same call later; nothing about the data
+    is wrong. The store thread reopens a lost connection with backoff."""
+
+    code = "store_unavailable"
+
+
+class StoreDataError(StoreError):
+    """The store refused what it was given (a value it cannot represent: an integer past
+    int64 in SQLite, a NUL in PostgreSQL text, ...). Retrying the same data fails the same way:
+    the ingest pipeline isolates the message and quarantines it. `kind` names the driver's
+    error class, for counting."""
+
+    code = "store_refused"
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind or "error"
+
+
 class TransportError(ControllerError):
     """The MQTT broker refused or dropped the connection."""
 

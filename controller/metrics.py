@@ -8,6 +8,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controller.domain.ingest import REASONS
+from controller.security.broker_stats import SYS_STATS
 
 
 class Metrics:
@@ -50,6 +51,50 @@ class Metrics:
         self.store_errors = Counter(
             "idufleet_store_errors", "Failed store commits (retried)", registry=r
         )
+        self.quarantined = Counter(
+            "idufleet_messages_quarantined",
+            "Messages the store refused to commit, kept in the quarantine table, by driver error",
+            ["kind"],
+            registry=r,
+        )
+        self.updates_refused = Counter(
+            "idufleet_device_updates_refused",
+            "Device-state updates the store refused (the messages themselves were stored)",
+            registry=r,
+        )
+        self.late = Counter(
+            "idufleet_messages_late",
+            "Messages older than the replay window, handed to the store's key to decide",
+            registry=r,
+        )
+        self.replayed = Counter(
+            "idufleet_quarantine_replayed",
+            "Quarantined messages replayed, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.store_reconnects = Gauge(
+            "idufleet_store_reconnects", "Store connections reopened since start", registry=r
+        )
+        self.store_failing = Gauge(
+            "idufleet_store_failing_seconds",
+            "Seconds every store call has been failing (0 while the store works)",
+            registry=r,
+        )
+        self.unhealthy = Gauge(
+            "idufleet_unhealthy",
+            "1 while /health answers 503, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.broker = {
+            name: Gauge(
+                f"idufleet_broker_{name}",
+                f"The broker's {topic} (Mosquitto $SYS, cumulative since the broker started)",
+                registry=r,
+            )
+            for topic, name in SYS_STATS.items()
+        }
         self.commands = Counter(
             "idufleet_commands_sent", "Commands published to devices", ["op"], registry=r
         )

@@ -16,11 +16,13 @@ from typing import Any
 from controller.config import Config
 from controller.devices import DeviceCache
 from controller.domain.batching import Batcher
+from controller.domain.health import HealthWatch
 from controller.domain.ingest import Rejected
 from controller.domain.ratelimit import TokenBucket
-from controller.domain.records import Accepted, Batch, PresenceEvent
-from controller.errors import StoreError
+from controller.domain.records import Accepted, Batch, BatchResult, DeviceUpdate, PresenceEvent
+from controller.errors import StoreDataError, StoreError
 from controller.metrics import Metrics
+from controller.security.broker_stats import DROPPED, SYS_STATS
 from controller.store.thread import StoreThread
 from controller.transport.mqtt import AckHandle, MqttLink
 from protocol import topics
@@ -42,8 +44,20 @@ LATENCY_SAMPLES = 65536
 # memory and receive -> commit latency in check (measured: 2 -> 4 took PostgreSQL from 7-10k to
 # 11.5k reports/s, p99 140-170 -> 200-210 ms).
 PAUSE_AT = 4
+RETRY_MAX = 5.0  # seconds between attempts while the store is unavailable
+MAX_REPLAY = 1000  # quarantined messages replayed per request
 
 Parked = tuple[str, bytes, AckHandle, float]
+# An accepted message until its commit: the raw topic and payload stay with it so that, if the
+# store refuses it, it can be quarantined as received (and replayed through verification after a
+# fix). They are the objects the link already made, so keeping them costs a reference each,
+# and only for what waits or commits: at most (PAUSE_AT + 1) batches, ~200 B a message.
+Pending = tuple[Accepted, AckHandle, str, bytes]
+
+
+def _kind(e: BaseException) -> str:
+    """The label a store refusal is counted under: the driver's error class."""
+    return e.kind if isinstance(e, StoreDataError) else type(e).__name__
 
 
 class Pipeline:
@@ -55,15 +69,18 @@ class Pipeline:
         self.core = devices.core
         self.db = db
         self.metrics = metrics
-        self.batcher: Batcher[tuple[Accepted, AckHandle]] = Batcher(
-            cfg.ingest.batch_size, cfg.ingest.batch_ms / 1000.0
-        )
+        ing = cfg.ingest
+        self.batcher: Batcher[Pending] = Batcher(ing.batch_size, ing.batch_ms / 1000.0)
         self.link = MqttLink(
             cfg.mqtt,
             [topics.uplink_filter(c) for c in topics.UPLINK],
             self.on_message,
             manual_ack=cfg.ingest.ack_after_commit,
+            sys_topics=list(SYS_STATS),
+            on_sys=self.on_broker_stat,
         )
+        h = cfg.health
+        self.health = HealthWatch(h.store_failing_s, h.commit_stale_s, h.broker_drop_hold_s)
         self.presence: list[PresenceEvent] = []
         self.acks: list[AckHandle] = []  # every received message, in arrival order, until stored
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)  # receive -> commit, s
@@ -105,12 +122,41 @@ class Pipeline:
             return
         if pres is not None:
             self._presence(pres)
-        if self.batcher.add((acc, handle), now):
+        if acc.late:
+            self.metrics.late.inc()
+        if self.health.waiting_since is None:
+            self.health.waiting_since = now
+        if self.batcher.add((acc, handle, topic, payload), now):
             self._wake.set()
             if len(self.batcher) >= PAUSE_AT * self.cfg.ingest.batch_size:
                 # A commit is still running and PAUSE_AT batches wait: stop reading until the
                 # store catches up, so memory and receive->commit latency stay bounded.
                 self.link.pause()
+
+    def on_broker_stat(self, topic: str, payload: bytes) -> None:
+        """A $SYS statistic from the broker (SYS_STATS): mirrored to its gauge; the dropped
+        counter also feeds /health."""
+        name = SYS_STATS.get(topic)
+        if name is None:
+            return
+        try:
+            value = int(float(payload.decode()))
+        except (ValueError, UnicodeDecodeError):
+            return
+        self.metrics.broker[name].set(value)
+        if name == DROPPED:
+            before = self.health.drops_seen
+            self.health.on_dropped(value, time.time())
+            if self.health.drops_seen > before:
+                log.error(
+                    "the broker dropped messages it had acknowledged to devices",
+                    extra={"dropped": self.health.drops_seen - before, "total": value},
+                )
+
+    def health_reasons(self, now: float) -> list[str]:
+        """Why /health should answer 503 now (empty: healthy)."""
+        self.health.store_failing_since = self.db.failing_since
+        return self.health.reasons(now)
 
     def _presence(self, ev: PresenceEvent) -> None:
         self.presence.append(ev)
@@ -161,7 +207,12 @@ class Pipeline:
 
     # --- committing ------------------------------------------------------------------------
     async def flush(self) -> None:
-        """Commit what is batched (and the device state it changed), then PUBACK it all."""
+        """Commit what is batched (and the device state it changed), then PUBACK it all.
+
+        While the store is unavailable the batch is kept and retried (the broker holds the
+        rest). When the store refuses the batch's data, the batch is bisected: the messages it
+        cannot hold go to the quarantine table, everything else commits, and all of it is
+        acknowledged, so one poison message never stops ingest for the fleet."""
         async with self._flush_lock:
             items = self.batcher.take()
             acks, self.acks = self.acks, []
@@ -170,27 +221,22 @@ class Pipeline:
             if not items and not presence and not updates:
                 self.link.ack_many(acks)
                 return
-            batch = Batch([a for a, _ in items], updates, presence)
             if not self._draining:
                 # The batcher is empty again: keep receiving while this batch commits. (The
                 # link may have paused at PAUSE_AT batches before this flush got to run, since
                 # one socket read hands it up to 1,024 messages; without this the next batch
                 # was only read after the commit, nothing overlapped.)
                 self.link.resume()
-            delay = 0.1
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    result = await self.db.call(lambda s: s.write_batch(batch))
-                    break
-                except Exception as e:  # keep the batch; the broker holds the unacked rest
-                    self.metrics.store_errors.inc()
-                    log.error(
-                        "store commit failed; retrying",
-                        extra={"error": str(e)[:300], "retry_in": delay},
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
+            t0 = time.perf_counter()
+            try:
+                result = await self._write(Batch([p[0] for p in items], updates, presence))
+                done_items = items
+            except Exception as e:  # the store refuses something in it: find it, keep the rest
+                log.warning(
+                    "store refused a batch; isolating what it cannot hold",
+                    extra={"messages": len(items), "error": str(e)[:300]},
+                )
+                result, done_items = await self._isolate(items, updates, presence)
             done = self.last_commit = time.time()
             self.metrics.batch_seconds.observe(time.perf_counter() - t0)
             self.metrics.batch_size.observe(len(items))
@@ -198,10 +244,167 @@ class Pipeline:
             self.metrics.rows.inc(result.rows)
             if result.duplicates:
                 self.metrics.duplicates.inc(result.duplicates)
-            self.latencies.extend(done - a.received for a, _ in items)
-            self.link.ack_many(acks + [h for _, h in items])
+            self.latencies.extend(done - p[0].received for p in items)
+            self.link.ack_many(acks + [p[1] for p in done_items])
+            self.health.waiting_since = self.batcher.first
             if not self._draining:
                 self.link.resume()
+
+    async def _write(self, batch: Batch) -> BatchResult:
+        """write_batch, retried with backoff while the store is unavailable (a lost connection
+        is reopened by the store thread). Raises StoreDataError (or any non-store exception)
+        when the store refuses the data: retrying would fail the same way."""
+        delay = 0.1
+        while True:
+            try:
+                return await self.db.call(lambda s: s.write_batch(batch))
+            except StoreDataError:
+                raise
+            except StoreError as e:  # keep the batch; the broker holds the unacked rest
+                self.metrics.store_errors.inc()
+                log.error(
+                    "store commit failed; retrying",
+                    extra={"error": str(e)[:300], "retry_in": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    async def _isolate(
+        self, items: list[Pending], updates: list[DeviceUpdate], presence: list[PresenceEvent]
+    ) -> tuple[BatchResult, list[Pending]]:
+        """Bisect a refused batch: halves that commit are stored, a single message that does
+        not is quarantined. k bad messages in n cost about 2k log2(n) small commits. Device
+        state and presence then commit on their own. Returns the total and the messages that
+        may be acknowledged (stored or quarantined)."""
+        stored = rows = dups = 0
+        bad: list[tuple[Pending, BaseException]] = []
+        stack = [items]
+        while stack:
+            chunk = stack.pop()
+            if not chunk:
+                continue
+            try:
+                r = await self._write(Batch([p[0] for p in chunk]))
+            except Exception as e:
+                if len(chunk) == 1:
+                    bad.append((chunk[0], e))
+                else:
+                    half = len(chunk) // 2
+                    stack += [chunk[half:], chunk[:half]]
+                continue
+            stored, rows, dups = stored + r.messages, rows + r.rows, dups + r.duplicates
+        await self._write_state(updates, presence)
+        lost = await self._quarantine(bad)
+        done = [p for p in items if id(p) not in lost] if lost else items
+        return BatchResult(stored, rows, dups), done
+
+    async def _write_state(
+        self, updates: list[DeviceUpdate], presence: list[PresenceEvent]
+    ) -> None:
+        """Device state and presence of a bisected batch. An update the store refuses (a
+        firmware string it cannot hold) is dropped and counted: the messages are stored, and
+        the device row keeps its previous state."""
+        if not updates and not presence:
+            return
+        try:
+            await self._write(Batch([], updates, presence))
+            return
+        except Exception:
+            pass
+        parts = [Batch([], [], presence)] + [Batch([], [u], []) for u in updates]
+        for b in parts:
+            try:
+                await self._write(b)
+            except Exception as e:
+                self.metrics.updates_refused.inc()
+                log.error(
+                    "store refused a device-state update; dropped",
+                    extra={
+                        "device": b.devices[0].device if b.devices else None,
+                        "error": str(e)[:300],
+                    },
+                )
+
+    async def _quarantine(self, bad: list[tuple[Pending, BaseException]]) -> set[int]:
+        """Keep refused messages in the quarantine table (retrying while the store is
+        unavailable); returns the ids of the Pendings that could not be kept even there, which
+        stay unacknowledged (the broker still has them)."""
+        if not bad:
+            return set()
+        now = time.time()
+        rows: list[tuple[str | None, str, bytes, str, float]] = [
+            (p[0].device, p[2], p[3], f"{_kind(err)}: {err}", p[0].received) for p, err in bad
+        ]
+        delay = 0.1
+        while True:
+            try:
+                await self.db.call(lambda s: s.quarantine(rows, now))
+                break
+            except StoreDataError as qe:
+                log.error("quarantine refused too; left unacknowledged", extra={"error": str(qe)})
+                return {id(p) for p, _ in bad}
+            except StoreError as qe:
+                log.error("quarantine write failed; retrying", extra={"error": str(qe)[:300]})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+        for p, e in bad:
+            self.metrics.quarantined.labels(_kind(e)).inc()
+            log.error(
+                "message quarantined: the store cannot hold it",
+                extra={
+                    "device": p[0].device,
+                    "epoch": p[0].epoch,
+                    "seq": p[0].seq,
+                    "topic": p[2][:120],
+                    "error": str(e)[:300],
+                },
+            )
+        return set()
+
+    async def list_quarantine(
+        self, include_resolved: bool = False, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Quarantined messages, oldest first (the API's view: payload in hex)."""
+        rows = await self.db.call(lambda s: s.quarantined(None, include_resolved, limit))
+        return [q.public() for q in rows]
+
+    async def replay_quarantine(self, ids: list[int] | None = None) -> dict[str, Any]:
+        """Ingest quarantined messages again (after a fix): verified and checked as a late
+        message (the store's key decides), each committed on its own. Outcomes: stored,
+        duplicate, rejected (a rule refuses it now: resolved with the reason), or still
+        refused (stays quarantined, attempt counted). Returns counts and the ids per outcome."""
+        rows = await self.db.call(lambda s: s.quarantined(ids, limit=MAX_REPLAY))
+        now = time.time()
+        resolved: list[tuple[int, str]] = []
+        failed: list[tuple[int, str]] = []
+        out: dict[str, list[int]] = {"stored": [], "duplicate": [], "rejected": [], "failed": []}
+        for q in rows:
+            try:
+                acc, _ = self.core.ingest(q.topic, q.payload, now, replaying=True)
+            except Rejected as r:
+                resolved.append((q.id, f"rejected: {r.reason}"))
+                out["rejected"].append(q.id)
+                continue
+            try:
+                res = await self._write(Batch([acc]))
+            except Exception as e:
+                failed.append((q.id, f"{_kind(e)}: {e}"))
+                out["failed"].append(q.id)
+                continue
+            outcome = "stored" if res.messages else "duplicate"
+            resolved.append((q.id, outcome))
+            out[outcome].append(q.id)
+            if res.messages:
+                self.metrics.stored.inc(res.messages)
+                self.metrics.rows.inc(res.rows)
+        if resolved:
+            await self.db.call(lambda s: s.resolve_quarantined(resolved, now))
+        if failed:
+            await self.db.call(lambda s: s.requarantine(failed, now))
+        for k, v in out.items():
+            if v:
+                self.metrics.replayed.labels(k).inc(len(v))
+        return {k: {"count": len(v), "ids": v} for k, v in out.items()}
 
     def p99_ms(self) -> float | None:
         """Receive -> commit latency, 99th percentile of the last LATENCY_SAMPLES messages."""
@@ -253,15 +456,18 @@ class Pipeline:
         except StoreError as e:  # nothing lost: the deltas stay and are folded next time
             log.error("rollup compaction failed", extra={"error": str(e)})
 
-    async def _prune(self) -> None:
-        before = time.time() - self.cfg.store.raw_retention_days * 86400
+    async def _prune(self, before: float | None = None) -> None:
+        """Retention (store.prune_raw), then a registry refresh so the devices' pruned marks
+        (the bound for late messages) apply at once."""
+        cut = time.time() - self.cfg.store.raw_retention_days * 86400 if before is None else before
         try:
-            n = await self.db.call(lambda s: s.prune_raw(before))
+            n = await self.db.call(lambda s: s.prune_raw(cut))
+            await self.refresh()
         except StoreError as e:
             log.error("retention prune failed", extra={"error": str(e)})
             return
         if n:
-            log.info("raw rows pruned", extra={"rows": n, "before": before})
+            log.info("raw rows pruned", extra={"rows": n, "before": cut})
 
     def start(self, tg: asyncio.TaskGroup) -> None:
         tg.create_task(self.link.run())
@@ -269,14 +475,29 @@ class Pipeline:
         tg.create_task(self._ticker())
 
     async def drain(self) -> None:
-        """Stop reading, commit and PUBACK what was received, disconnect, compact. What is not
-        committed stays unacknowledged with the broker."""
+        """Stop reading, commit and PUBACK what was received, disconnect, compact, all within
+        ingest.shutdown_timeout: a store that fails or hangs cannot hold up a stop. What is not
+        committed by then stays unacknowledged with the broker (the session is kept), which
+        delivers it again to the next controller."""
         self._draining = True
+        deadline = time.monotonic() + self.cfg.ingest.shutdown_timeout
         log.info("stopping: no new messages, flushing the batch")
         self.link.pause()
-        for t in list(self._tasks):
-            with contextlib.suppress(Exception):
-                await t
-        await self.flush()
+
+        async def commit() -> None:
+            for t in list(self._tasks):
+                with contextlib.suppress(Exception):
+                    await t
+            await self.flush()
+
+        try:
+            await asyncio.wait_for(commit(), self.cfg.ingest.shutdown_timeout)
+        except TimeoutError:
+            log.error(
+                "shutdown: the store did not commit in time; the messages not committed stay"
+                " unacknowledged with the broker, which delivers them again",
+                extra={"timeout_s": self.cfg.ingest.shutdown_timeout},
+            )
         await self.link.close()
-        await self._compact()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._compact(), max(0.1, deadline - time.monotonic()))

@@ -29,6 +29,17 @@ class ReplayWindow:
             return True
         return bool(st[1][(seq % WINDOW) >> 3] & (1 << (seq & 7)))
 
+    def too_old(self, epoch: int, seq: int) -> bool:
+        """True when seen() refuses (epoch, seq) only because the window no longer holds its
+        state (an evicted epoch, or more than WINDOW below the newest seq), not because it
+        was accepted: a question for whoever keeps older keys (the controller's store)."""
+        if epoch <= self.floor:
+            return True
+        st = self.epochs.get(epoch)
+        if st is None:
+            return len(self.epochs) >= EPOCHS and epoch < min(self.epochs)
+        return bool(seq <= st[0] - WINDOW)
+
     def check(self, epoch: int, seq: int) -> None:
         if self.seen(epoch, seq):
             raise ProtocolError(REPLAY, "epoch %d seq %d" % (epoch, seq))

@@ -17,6 +17,7 @@ import pytest
 from controller.errors import CONNECT_FAILED, DynsecCommandError, SecurityError
 from controller.security import dynsec
 from controller.security.broker_config import BrokerSettings, write_password_file
+from controller.security.broker_stats import SYS_STATS
 from protocol import topics
 from protocol.topics import topic
 from tests.support.secure_broker import GeneratedBroker, Peer
@@ -130,6 +131,22 @@ def test_controller_shared_subscription(sec: GeneratedBroker, peers: list[Peer])
     a = connect(sec, peers, "ap-a", "pw-a")
     a.publish(topic(SITE, "ap-a", "rep"), b"marker")
     assert ctl.take_until(b"marker")[-1] == (topic(SITE, "ap-a", "rep"), b"marker")
+
+
+def test_controller_reads_the_broker_stats_it_watches_and_no_other_sys(
+    sec: GeneratedBroker, peers: list[Peer]
+) -> None:
+    """controller_acls grants exactly broker_stats.SYS_STATS of $SYS ($SYS values are retained,
+    so the current one arrives at once); a device gets none of it."""
+    ctl = connect(sec, peers, CTL, CTL_PW)
+    dropped = "$SYS/broker/publish/messages/dropped"
+    assert dropped in SYS_STATS and ctl.subscribe(dropped, qos=0) == [0]
+    topic_got, value = ctl.messages.get(timeout=15)  # generated configs: sys_interval 10
+    assert topic_got == dropped and int(value) >= 0
+    sub_failed = 0x80  # MQTT 3.1.1 SUBACK "failure"
+    assert ctl.subscribe("$SYS/broker/clients/connected", qos=0) == [sub_failed]
+    dev = connect(sec, peers, "ap-a", "pw-a")
+    assert dev.subscribe(dropped, qos=0) == [sub_failed]
 
 
 def test_disable_kicks_and_blocks_then_enable(sec: GeneratedBroker, peers: list[Peer]) -> None:

@@ -12,7 +12,12 @@ import click
 
 from controller.errors import SecurityError
 from controller.security import dynsec
-from controller.security.broker_config import CREDENTIALS, TlsListener, write_broker_dir
+from controller.security.broker_config import (
+    CREDENTIALS,
+    QueueSizing,
+    TlsListener,
+    write_broker_dir,
+)
 from tools.errors import CliError
 from tools.options import BROKER_DIR, dir_option
 
@@ -44,6 +49,22 @@ def broker_group() -> None:
     help="CA directory holding ca.crt, server.crt, server.key (idufleet ca ...).",
 )
 @click.option("--user", default=None, help="User Mosquitto runs as when started by root.")
+@click.option("--devices", type=int, default=1000, show_default=True, help="Fleet size (queues).")
+@click.option(
+    "--report-interval",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds between a device's reports.",
+)
+@click.option(
+    "--outage",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="Seconds of controller outage the broker's queues must hold without dropping.",
+)
+@click.option("--controllers", type=int, default=1, show_default=True, help="Controller sessions.")
 def init_cmd(
     directory: Path,
     port: int,
@@ -52,8 +73,14 @@ def init_cmd(
     tls_port: int | None,
     ca_dir: Path,
     user: str | None,
+    devices: int,
+    report_interval: float,
+    outage: float,
+    controllers: int,
 ) -> None:
-    """Write mosquitto.conf, the dynsec file and credentials.json (admin + controller)."""
+    """Write mosquitto.conf, the dynsec file and credentials.json (admin + controller). Queue
+    limits come from --devices, --report-interval, --outage and --controllers (formula:
+    docs/CONTROLLER.md, "Broker queues")."""
     tls = None
     if tls_port is not None:
         need = [ca_dir / n for n in ("ca.crt", "server.crt", "server.key")]
@@ -67,11 +94,16 @@ def init_cmd(
     if no_plain and tls is None:
         raise click.UsageError("--no-plain needs --tls-port")
     try:
+        queues = QueueSizing(devices, report_interval, outage, subscribers=controllers)
         files = write_broker_dir(
-            directory.resolve(), None if no_plain else port, bind, tls, user=user
+            directory.resolve(), None if no_plain else port, bind, tls, user=user, queues=queues
         )
     except SecurityError as e:
         raise CliError(str(e)) from e
+    click.echo(
+        f"queues: {queues.max_queued_messages} messages per client"
+        f" ({outage:g} s outage of {devices} devices); give the broker {queues.memory_limit} B"
+    )
     click.echo(f"config: {files.conf}")
     click.echo(f"accounts (admin, controller; mode 0600): {files.credentials}")
     click.echo(f"start: mosquitto -c {files.conf}")

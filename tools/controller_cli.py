@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from tools.demo import demo
-from tools.fleet_cmds import command, devices, metrics
+from tools.fleet_cmds import command, devices, metrics, quarantine
 from tools.serve_cmds import device_group, serve
 
-CONTROLLER_COMMANDS: list[click.Command] = [serve, device_group, devices, metrics, command, demo]
+CONTROLLER_COMMANDS: list[click.Command] = [
+    serve,
+    device_group,
+    devices,
+    metrics,
+    command,
+    quarantine,
+    demo,
+]

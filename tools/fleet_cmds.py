@@ -171,3 +171,47 @@ def command(
         raise CliError(
             f"no ACK from {device} within {wait:g} s; is it online? (`idufleet devices`)"
         )
+
+
+@click.group("quarantine")
+def quarantine() -> None:
+    """Messages the store refused to commit (kept raw; replay them after a fix)."""
+
+
+@quarantine.command("list")
+@_api_option
+@click.option("--all", "include_resolved", is_flag=True, help="Also those already replayed.")
+@click.option("--limit", type=int, default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON (payloads in hex) instead of a table.")
+def quarantine_list(api: str | None, include_resolved: bool, limit: int, as_json: bool) -> None:
+    """List quarantined messages, oldest first."""
+    rows: list[dict[str, Any]] = ApiClient(api).get(
+        "/api/quarantine", all="1" if include_resolved else None, limit=limit
+    )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    t = Table("id", "device", "topic", "bytes", "attempts", "quarantined", "reason", "outcome")
+    for q in rows:
+        t.add_row(
+            str(q["id"]),
+            q["device"] or "",
+            q["topic"],
+            str(q["bytes"]),
+            str(q["attempts"]),
+            _ago(q["quarantined"]),
+            q["reason"][:60],
+            q["outcome"] or "",
+        )
+    Console().print(t)
+
+
+@quarantine.command("replay")
+@_api_option
+@click.argument("ids", nargs=-1, type=int)
+def quarantine_replay(api: str | None, ids: tuple[int, ...]) -> None:
+    """Ingest quarantined messages again (IDS, or every open one): stored, duplicate, rejected
+    (resolved with the reason) or failed (still quarantined). Needs IDUFLEET_API_TOKEN."""
+    out = ApiClient(api).post("/api/quarantine/replay", {"ids": list(ids)} if ids else {})
+    for outcome, v in out.items():
+        click.echo(f"{outcome}: {v['count']}" + (f" (ids {v['ids']})" if v["ids"] else ""))

@@ -11,20 +11,30 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from controller.config import ApiConfig
 from controller.domain.rotation import ACK_TIMEOUT_S, GRACE_S
-from controller.errors import ControllerError, RegistryError
+from controller.errors import ControllerError, RegistryError, StoreError, StoreUnavailable
 from controller.fleet import Fleet
 from protocol import metrics as pm
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_WAIT_S = 60.0  # a command request waits at most this long for its ACK
 MAX_ROTATE_WAIT_S = 120.0
+
+
+class QuarantineOps(Protocol):
+    """Quarantined messages (the ingest pipeline keeps and replays them)."""
+
+    async def list_quarantine(
+        self, include_resolved: bool = False, limit: int = 1000
+    ) -> list[dict[str, Any]]: ...
+
+    async def replay_quarantine(self, ids: list[int] | None = None) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class ApiOps:
     registry: CollectorRegistry
     cfg: ApiConfig
     zones: tuple[str, ...]
+    quarantine: QuarantineOps
 
 
 OPS: web.AppKey[ApiOps] = web.AppKey("ops")
@@ -62,6 +73,22 @@ def error(
 
 def _bad(message: str) -> web.HTTPException:
     return error(web.HTTPBadRequest, message)
+
+
+@web.middleware
+async def store_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A store failure on any route is the one error shape too: 503 while the store is
+    unreachable (the controller is reconnecting: retry), 500 for anything else it refused."""
+    try:
+        return await handler(request)
+    except StoreUnavailable as e:
+        raise error(
+            web.HTTPServiceUnavailable,
+            f"the store is unavailable ({e}); the controller is reconnecting, retry shortly",
+            e.code,
+        ) from None
+    except StoreError as e:
+        raise error(web.HTTPInternalServerError, str(e), e.code) from None
 
 
 @web.middleware
@@ -97,7 +124,32 @@ async def _json(request: web.Request) -> Any:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response(request.app[OPS].health())
+    """200 while healthy; 503 with the reasons in the JSON (controller.domain.health)."""
+    h = request.app[OPS].health()
+    return web.json_response(h, status=503 if h.get("reasons") else 200)
+
+
+async def list_quarantine(request: web.Request) -> web.Response:
+    """GET /api/quarantine?all=1&limit=N: messages the store refused, oldest first."""
+    try:
+        limit = int(request.query.get("limit", "1000"))
+    except ValueError:
+        raise _bad("limit is an integer") from None
+    rows = await request.app[OPS].quarantine.list_quarantine(
+        bool(_bool(request.query.get("all"))), limit
+    )
+    return web.json_response(rows)
+
+
+async def replay_quarantine(request: web.Request) -> web.Response:
+    """POST /api/quarantine/replay {"ids": [..]} (default: every open one), after a fix."""
+    try:
+        body = await _json(request)
+        ids = body.get("ids") if isinstance(body, dict) else None
+        ids = None if ids is None else [int(i) for i in ids]
+    except (ValueError, TypeError) as e:
+        raise _bad(f'send JSON {{"ids": [id, ...]}} or nothing for all: {e}') from None
+    return web.json_response(await request.app[OPS].quarantine.replay_quarantine(ids))
 
 
 async def prometheus(request: web.Request) -> web.Response:
@@ -276,7 +328,7 @@ async def query_metrics(request: web.Request) -> web.Response:
 
 def make_app(ops: ApiOps) -> web.Application:
     """Every route of the API, in one table."""
-    app = web.Application(middlewares=[auth])
+    app = web.Application(middlewares=[store_errors, auth])
     app[OPS] = ops
     r = app.router
     r.add_get("/health", health)
@@ -292,6 +344,8 @@ def make_app(ops: ApiOps) -> web.Application:
     r.add_get("/api/zones", list_zones)
     r.add_get("/api/presence", presence)
     r.add_get("/api/metrics", query_metrics)
+    r.add_get("/api/quarantine", list_quarantine)
+    r.add_post("/api/quarantine/replay", replay_quarantine)
     return app
 
 

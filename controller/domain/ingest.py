@@ -33,7 +33,19 @@ DISABLED_DEVICE = "disabled_device"  # registered but disabled by an operator
 WRONG_SITE = "wrong_site"  # the topic's site is not the device's registered site
 WRONG_CHANNEL = "wrong_channel"  # a downlink channel published towards the controller
 IMPERSONATION = "impersonation"  # signed by another registered device's key: an ACL hole
-REASONS = (*CODES, UNKNOWN_DEVICE, DISABLED_DEVICE, WRONG_SITE, WRONG_CHANNEL, IMPERSONATION)
+# Older than the replay window and beyond what the store still remembers: its ts is older than
+# raw retention, or its (epoch, seq) is at or below the newest key retention deleted for the
+# device. Storing it could store a pruned message a second time, so it is refused.
+BEYOND_RETENTION = "beyond_retention"
+REASONS = (
+    *CODES,
+    UNKNOWN_DEVICE,
+    DISABLED_DEVICE,
+    WRONG_SITE,
+    WRONG_CHANNEL,
+    IMPERSONATION,
+    BEYOND_RETENTION,
+)
 
 _UPLINK = frozenset(topics.UPLINK)
 
@@ -65,6 +77,7 @@ class DeviceState:
     death_open: bool = False
     provisioned: float = 0.0  # registry created_at: the start of the plausible-time window
     anchors: timeline.Anchors = field(default_factory=timeline.Anchors)
+    pruned: tuple[int, int] | None = None  # newest (epoch, seq) whose store key was pruned
 
     def update(self) -> DeviceUpdate:
         p = self.presence
@@ -123,9 +136,15 @@ def _json_map(v: object) -> dict[str, Any] | None:
 
 
 class IngestCore:
-    def __init__(self, offline_after: float = 180.0, impersonation_checks_per_s: float = 10.0):
+    def __init__(
+        self,
+        offline_after: float = 180.0,
+        impersonation_checks_per_s: float = 10.0,
+        retention_s: float = 30 * 86400.0,
+    ):
         self.offline_after = offline_after
         self.ts_implausible = 0  # messages stored under rule ts_implausible (section 5)
+        self.retention_s = retention_s  # store.raw_retention_days: the bound for late messages
         self.devices: dict[str, DeviceState] = {}
         self.dirty: set[str] = set()
         self._scan_budget = TokenBucket(impersonation_checks_per_s, impersonation_checks_per_s)
@@ -134,9 +153,15 @@ class IngestCore:
         self.devices[dev.id] = dev
 
     def ingest(
-        self, topic: str, payload: bytes, now: float
+        self, topic: str, payload: bytes, now: float, replaying: bool = False
     ) -> tuple[Accepted, PresenceEvent | None]:
-        """Check one message. Raises Rejected(reason); nothing changes state unless accepted."""
+        """Check one message. Raises Rejected(reason); nothing changes state unless accepted.
+
+        A message older than the replay window is not refused as a replay: it comes back
+        `late` (the store's key decides whether it was stored; the pipeline puts it in the
+        batch like any other) unless it is beyond retention (BEYOND_RETENTION). A late message
+        changes no device state or presence: it is history. `replaying` (a message replayed
+        from quarantine) skips the window and is treated as late."""
         site, dev_id, channel = route(topic)
         dev = self.devices.get(dev_id)
         if dev is None:
@@ -155,8 +180,11 @@ class IngestCore:
                         IMPERSONATION, f"{signer_id} published on {dev_id}'s topic", dev_id
                     ) from None
             raise Rejected(e.code, e.detail, dev_id) from None
-        self._admit(dev, msg)
+        late = replaying or self._admit(dev, msg)
         when = timeline.place(msg.ts, msg.up, msg.epoch, now, dev.provisioned, dev.anchors)
+        if late:
+            self._check_retained(dev, msg, now)
+            return self._accepted(dev, msg, now, when, late=True), None
         if msg.type == M.BIRTH and msg.up is not None:
             dev.anchors.set(msg.epoch, when.t, msg.up)  # the first BIRTH of an epoch anchors it
         if when.ts_implausible:
@@ -168,9 +196,11 @@ class IngestCore:
             return acc, None
         return acc, PresenceEvent(dev.id, now, transition[0], transition[1])
 
-    def _admit(self, dev: DeviceState, msg: Message) -> None:
+    def _admit(self, dev: DeviceState, msg: Message) -> bool:
         """Replay window, with the DEATH rule: the last will reserved at connect (BIRTH seq - 1)
-        may be older than the window by the time the broker publishes it; accept it once."""
+        may be older than the window by the time the broker publishes it; accept it once.
+        Returns True for a message below the window (late: a question for the store); raises
+        Rejected(REPLAY) only for one the window knows it accepted."""
         p = dev.presence
         reserved = (
             msg.type == M.DEATH
@@ -180,6 +210,8 @@ class IngestCore:
         )
         if dev.window.seen(msg.epoch, msg.seq):
             if not reserved:
+                if dev.window.too_old(msg.epoch, msg.seq):
+                    return True
                 raise Rejected(REPLAY, f"epoch {msg.epoch} seq {msg.seq}", dev.id)
         else:
             dev.window.accept(msg.epoch, msg.seq)
@@ -193,9 +225,28 @@ class IngestCore:
             dev.board = body[M.B_BOARD]
             if dev.boot_epoch is None or msg.epoch > dev.boot_epoch:
                 dev.boot_epoch = msg.epoch
+        return False
+
+    def _check_retained(self, dev: DeviceState, msg: Message, now: float) -> None:
+        """A late message is stored only if the store can still tell it was not: its key is
+        above the device's pruned mark, and its own time is within raw retention."""
+        if dev.pruned is not None and (msg.epoch, msg.seq) <= dev.pruned:
+            raise Rejected(
+                BEYOND_RETENTION,
+                f"epoch {msg.epoch} seq {msg.seq} is at or below the pruned key"
+                f" {dev.pruned[0]}/{dev.pruned[1]}",
+                dev.id,
+            )
+        if msg.ts is not None and msg.ts < now - self.retention_s:
+            raise Rejected(BEYOND_RETENTION, f"ts {msg.ts} is older than raw retention", dev.id)
 
     def _accepted(
-        self, dev: DeviceState, msg: Message, now: float, when: timeline.Placement
+        self,
+        dev: DeviceState,
+        msg: Message,
+        now: float,
+        when: timeline.Placement,
+        late: bool = False,
     ) -> Accepted:
         samples: tuple[Sample, ...] = ()
         event = ack = None
@@ -222,7 +273,18 @@ class IngestCore:
                 _json_map(body.get(M.A_DATA)),
             )
         return Accepted(
-            dev.id, dev.zone, msg.epoch, msg.seq, msg.type, now, when.t, event, ack, samples, approx
+            dev.id,
+            dev.zone,
+            msg.epoch,
+            msg.seq,
+            msg.type,
+            now,
+            when.t,
+            event,
+            ack,
+            samples,
+            approx,
+            late,
         )
 
     def _who_signed(self, topic: str, payload: bytes, owner: str, now: float) -> str | None:

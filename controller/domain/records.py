@@ -43,6 +43,9 @@ class Accepted:
     ack: AckRecord | None = None
     samples: tuple[Sample, ...] = ()
     approx: int = 0  # how ts was found: timeline.EXACT, ANCHORED or RECEIVED
+    # Older than the replay window (or replayed from quarantine): the window cannot tell
+    # whether it was stored, so the store's key decides, and it changes no device state.
+    late: bool = False
 
 
 @dataclass(frozen=True)

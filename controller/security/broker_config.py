@@ -2,13 +2,16 @@
 the static fallback (password_file + acl_file with `pattern` lines, reloaded by SIGHUP).
 
 Rendering is pure (settings in, config text out); the few I/O helpers locate the plugin and run
-`mosquitto_passwd`. Every config sets TCP_NODELAY and a large per-client queue
-(/work/shared/PLATFORM-NOTES.md: 88 ms round trips and dropped QoS 1 bursts otherwise).
+`mosquitto_passwd`. Every config sets TCP_NODELAY, per-client queues sized from the fleet and
+the outage to survive (QueueSizing, with the formula), a short autosave_interval and the $SYS
+interval the controller watches (/work/shared/PLATFORM-NOTES.md: 88 ms round trips, dropped
+QoS 1 bursts and 30 minutes of queued messages lost in a crash otherwise).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -65,6 +68,82 @@ class TlsListener:
         return out
 
 
+# Bytes Mosquitto holds per queued QoS 1 message for one subscriber: the payload (a 13-metric
+# report is ~100 B signed, a BATCH up to a few KiB) plus its topic and the broker's own message
+# and queue records. An estimate on the high side; max_queued_messages binds first.
+MESSAGE_BYTES = 1024
+MIN_QUEUE = 100_000  # PLATFORM-NOTES: 100000 gave zero loss in the burst trials; never less
+BASE_MEMORY = 64 * 1024 * 1024  # connections, sessions, retained messages, the dynsec database
+
+
+@dataclass(frozen=True)
+class QueueSizing:
+    """The broker's queue limits from the fleet and the controller outage it must survive.
+
+    A controller that is down (or whose store stalls) leaves its QoS 1 messages queued in its
+    persistent session. Past max_queued_messages Mosquitto drops them while still PUBACKing the
+    devices (PLATFORM-NOTES), so the queue must hold an outage's worth:
+
+        max_queued_messages = max(MIN_QUEUE, ceil(headroom * devices * outage_s / interval_s))
+        max_queued_bytes    = max_queued_messages * message_bytes          (per client)
+        memory_limit        = subscribers * max_queued_bytes + BASE_MEMORY  (whole broker)
+        max_inflight_messages = inflight                                    (per client)
+
+    `interval_s` is the devices' report interval (one message per device per interval; a BATCH
+    of buffered samples is one message too); `headroom` covers bursts (devices back online
+    sending their rings) and births; `subscribers` counts the controllers' persistent sessions
+    (each $share member's session holds its share while it is gone, a plain subscriber all).
+    memory_limit is what the host must give the broker. It is computed but NOT written as
+    Mosquitto's `memory_limit`: measured on 2.0.11 with the dynamic-security plugin, creating
+    30 device accounts in one control message already hit "out of memory" under a 190 MB
+    limit (the plugin's allocations are counted and not given back), after which the broker
+    disconnected every client; max_queued_bytes bounds each session's queue instead.
+    `inflight` caps unacknowledged QoS 1 messages per client (MQTT v5 clients also announce
+    their own Receive Maximum: the controller asks 65535)."""
+
+    devices: int = 1000
+    interval_s: float = 60.0
+    outage_s: float = 3600.0
+    headroom: float = 2.0
+    subscribers: int = 1
+    message_bytes: int = MESSAGE_BYTES
+    inflight: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.devices < 1 or self.interval_s <= 0 or self.outage_s <= 0 or self.headroom < 1:
+            raise SecurityError(
+                BAD_NAME,
+                "queue sizing: devices >= 1, interval and outage > 0 seconds, headroom >= 1",
+            )
+        if self.subscribers < 1 or self.message_bytes < 1 or self.inflight < 1:
+            raise SecurityError(BAD_NAME, "queue sizing: subscribers, bytes, inflight >= 1")
+
+    @property
+    def max_queued_messages(self) -> int:
+        need = math.ceil(self.headroom * self.devices * self.outage_s / self.interval_s)
+        return max(MIN_QUEUE, need)
+
+    @property
+    def max_queued_bytes(self) -> int:
+        return self.max_queued_messages * self.message_bytes
+
+    @property
+    def memory_limit(self) -> int:
+        return self.subscribers * self.max_queued_bytes + BASE_MEMORY
+
+    def lines(self) -> list[str]:
+        return [
+            f"# queues sized for {self.devices} devices reporting every {self.interval_s:g} s"
+            f" through a {self.outage_s:g} s controller outage (x{self.headroom:g} headroom,"
+            f" {self.subscribers} subscriber session(s)); docs/CONTROLLER.md has the formula",
+            f"max_queued_messages {self.max_queued_messages}",
+            f"max_queued_bytes {self.max_queued_bytes}",
+            f"max_inflight_messages {self.inflight}",
+            # Not set (see memory_limit): size the host for it.
+            f"# expected broker memory at full queues: {self.memory_limit} bytes",
+        ]
+
+
 @dataclass(frozen=True)
 class BrokerSettings:
     """Everything the generated mosquitto.conf depends on, defaults in one place.
@@ -80,7 +159,13 @@ class BrokerSettings:
     plugin: Path | None = None
     password_file: Path | None = None
     acl_file: Path | None = None
-    max_queued_messages: int = 100000
+    queues: QueueSizing = field(default_factory=QueueSizing)
+    # Seconds between writes of the in-memory state (queued messages) to disk: a broker crash
+    # loses what was queued since (Mosquitto's default is 1800). Writing costs time in
+    # proportion to what is queued; only the store's confirmation (issue 10, item 1) closes
+    # the gap, since Mosquitto acknowledges a device before the message is on disk.
+    autosave_interval: int = 5
+    sys_interval: int = 10  # seconds between $SYS statistics (the controller watches drops)
     log_dest: str = "stderr"
     # Mosquitto started as root drops to this user (its default: "mosquitto"), which must be able
     # to read and write dynsec_file and data_dir. None leaves Mosquitto's default.
@@ -111,9 +196,11 @@ def render(s: BrokerSettings) -> str:
         "allow_anonymous false",
         *([f"user {s.user}"] if s.user else []),
         "set_tcp_nodelay true",
-        f"max_queued_messages {s.max_queued_messages}",
+        *s.queues.lines(),
         "persistence true",
         f"persistence_location {s.data_dir}/",
+        f"autosave_interval {s.autosave_interval}",
+        f"sys_interval {s.sys_interval}",
         f"log_dest {s.log_dest}",
         "log_type error",
         "log_type warning",
@@ -176,6 +263,7 @@ def write_broker_dir(
     user: str | None = None,
     admin: str = "admin",
     controller: str = "controller",
+    queues: QueueSizing | None = None,
 ) -> BrokerDir:
     """mosquitto.conf + dynamic-security file (admin and controller accounts with random
     passwords) + credentials.json (0600, the two passwords and the listener ports, for the
@@ -195,7 +283,13 @@ def write_broker_dir(
     admin_pw, ctl_pw = dynsec.new_password(), dynsec.new_password()
     dynsec.write_initial_file(files.dynsec_file, admin, admin_pw, (controller, ctl_pw))
     settings = BrokerSettings(
-        data_dir=directory, port=port, bind=bind, tls=tls, dynsec_file=files.dynsec_file, user=user
+        data_dir=directory,
+        port=port,
+        bind=bind,
+        tls=tls,
+        dynsec_file=files.dynsec_file,
+        user=user,
+        queues=queues or QueueSizing(),
     )
     files.conf.write_text(render(settings))
     creds = {

@@ -29,6 +29,7 @@ from controller.errors import (
     SecurityError,
     TransportError,
 )
+from controller.security.broker_stats import SYS_STATS
 from controller.transport import blocking
 from controller.transport.blocking import BlockingClient
 from protocol import topics
@@ -79,12 +80,17 @@ def device_acls(site: str, device: str) -> list[Command]:
 
 
 def controller_acls() -> list[Command]:
-    """The controller reads and writes the whole idu tree, also through shared subscriptions."""
+    """The controller reads and writes the whole idu tree, also through shared subscriptions,
+    and reads the broker statistics it watches (broker_config.SYS_STATS: drops and queue
+    sizes, for /health and Prometheus), nothing else of $SYS."""
     acls: list[Command] = []
     for t in (topics.ROOT + "/#", "$share/+/" + topics.ROOT + "/#"):
         acls.append({"acltype": "subscribePattern", "topic": t, "allow": True})
     acls.append({"acltype": "publishClientSend", "topic": topics.ROOT + "/#", "allow": True})
     acls.append({"acltype": "publishClientReceive", "topic": topics.ROOT + "/#", "allow": True})
+    for t in SYS_STATS:
+        acls.append({"acltype": "subscribePattern", "topic": t, "allow": True})
+        acls.append({"acltype": "publishClientReceive", "topic": t, "allow": True})
     return acls
 
 

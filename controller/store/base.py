@@ -14,7 +14,8 @@ one transaction serve them all):
 | commands.py | command epoch, commands sent, ACKs settling them |
 | claims.py | `TokenRecord`, claim tokens (provisioning issues and decides them) |
 | queries.py | raw series, counts, presence transitions, device events |
-| retention.py | `prune_raw` |
+| retention.py | `prune_raw` (and each device's pruned mark) |
+| quarantine.py | messages the store refused: keep, list, resolve |
 | schema.py | the migrations |
 | sqlite.py, postgres.py | the two backends |
 | thread.py | `StoreThread`, the one thread the controller runs every store call on |
@@ -24,13 +25,14 @@ from __future__ import annotations
 
 from controller.store.claims import Claims
 from controller.store.devices import DeviceRecord, Devices
+from controller.store.quarantine import Quarantine, Quarantined
 from controller.store.queries import Queries
 from controller.store.retention import Retention
 from controller.store.writes import Writes, device_update_rows
 
 
-class Store(Devices, Writes, Queries, Claims, Retention):
+class Store(Devices, Writes, Queries, Claims, Retention, Quarantine):
     """One connection to the IDU store. Not thread-safe: use it from one thread at a time."""
 
 
-__all__ = ["DeviceRecord", "Store", "device_update_rows"]
+__all__ = ["DeviceRecord", "Quarantined", "Store", "device_update_rows"]

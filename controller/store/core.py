@@ -48,6 +48,24 @@ class StoreCore(ABC):
     @abstractmethod
     def _has_table(self, name: str) -> bool: ...
 
+    # --- failures and reconnecting (the store thread uses these on every call path) ------
+    @property
+    def broken(self) -> bool:
+        """The connection is gone (the server dropped it) and must be reopened."""
+        return False
+
+    def reconnect(self) -> None:
+        """Reopen the connection (the backend's session set-up included). Raises
+        StoreUnavailable when the server still cannot be reached. Backends whose connection
+        cannot be lost (SQLite) keep this no-op."""
+        return None
+
+    def translate(self, e: BaseException) -> StoreError | None:
+        """The StoreError for a driver error this backend raised (StoreUnavailable for a lost
+        or busy server, StoreDataError for data it refuses), None when `e` is not the
+        driver's: so no raw driver exception leaves the store thread."""
+        return e if isinstance(e, StoreError) else None
+
     def transaction(self) -> AbstractContextManager[None]:
         """A write transaction for a caller that needs several store calls to happen together
         or not at all (a claim marks its token used and creates the device): the store's own

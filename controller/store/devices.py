@@ -32,6 +32,9 @@ class DeviceRecord:
     death_open: bool = False
     replay: bytes | None = None
     anchors: str | None = None  # time anchors of recent boot epochs (domain/timeline.py)
+    # The newest (epoch, seq) whose message key retention deleted (store/retention.py): a
+    # message at or below it that is older than the replay window is refused, not re-stored.
+    pruned: tuple[int, int] | None = None
 
     def public(self) -> dict[str, Any]:
         """The JSON view for the API: everything but the wrapped key and the replay state."""
@@ -53,7 +56,8 @@ class DeviceRecord:
 
 _DEVICE_COLS = (
     "id, site, zone, kind, tags, key_wrapped, status, created_at, firmware, board, last_seen, "
-    "online, boot_epoch, birth_epoch, birth_seq, death_open, replay, anchors"
+    "online, boot_epoch, birth_epoch, birth_seq, death_open, replay, anchors, pruned_epoch, "
+    "pruned_seq"
 )
 
 
@@ -77,6 +81,7 @@ def _device(row: Sequence[Any]) -> DeviceRecord:
         death_open=bool(row[15]),
         replay=bytes(row[16]) if row[16] is not None else None,
         anchors=row[17],
+        pruned=(int(row[18]), int(row[19])) if row[18] is not None else None,
     )
 
 

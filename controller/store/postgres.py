@@ -4,6 +4,7 @@ executemany is pipelined by psycopg, so a batch costs a few round trips, not one
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -12,7 +13,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from controller.domain.records import Accepted, DeviceUpdate
-from controller.errors import StoreError
+from controller.errors import StoreDataError, StoreError, StoreUnavailable
 from controller.store.base import Store
 from controller.store.rollups import ROLLUP_COLS
 from controller.store.writes import device_update_rows
@@ -30,24 +31,75 @@ class PostgresStore(Store):
     GREATEST = "GREATEST"
 
     def __init__(self, dsn: str, schema: str) -> None:
+        self.dsn = dsn
         self.schema = schema
+        self._masks = {}
+        self._types: dict[str, list[str]] = {}
+        self.conn = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """A session set up for this store: schema, search_path, the batch-keys temp table.
+        Bounded: connect_timeout and TCP keepalives (a server that vanished without a reset is
+        noticed in about 25 s, not at the kernel's 2 h default) unless the dsn sets them.
+        application_name names the schema, so an operator (or a test) can find our sessions."""
+        opts: dict[str, Any] = {"application_name": f"idufleet:{self.schema}"[:63]}
+        defaults = {
+            "connect_timeout": 5,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+        opts |= {k: v for k, v in defaults.items() if k not in self.dsn}
         try:
-            self.conn = psycopg.connect(dsn, autocommit=True)
-            self.conn.execute(
-                pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(schema))
+            conn = psycopg.connect(self.dsn, autocommit=True, **opts)
+        except psycopg.Error as e:
+            raise StoreUnavailable(
+                f"cannot open PostgreSQL store ({e.__class__.__name__}: {e}); check store.dsn"
+                " and that the server is up"
+            ) from e
+        try:
+            conn.execute(
+                pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema))
             )
-            self.conn.execute(pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(schema)))
+            conn.execute(pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(self.schema)))
             # This session's staging table for a batch's message keys (_insert_keys).
-            self.conn.execute(
+            conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS batch_keys (device_id TEXT, epoch BIGINT,"
                 " seq BIGINT, mtype INTEGER, received DOUBLE PRECISION) ON COMMIT DELETE ROWS"
             )
         except psycopg.Error as e:
-            raise StoreError(
-                f"cannot open PostgreSQL store ({e.__class__.__name__}: {e}); check store.dsn"
+            conn.close()
+            raise StoreUnavailable(
+                f"cannot set up the PostgreSQL session ({e.__class__.__name__}: {e});"
+                " check store.dsn and store.schema"
             ) from e
-        self._masks = {}
-        self._types: dict[str, list[str]] = {}
+        return conn
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.conn.closed or self.conn.broken)
+
+    def reconnect(self) -> None:
+        """A new session in place of a lost one (server restart, failover, idle kill,
+        pg_terminate_backend). Raises StoreUnavailable while the server cannot be reached."""
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        self.conn = self._connect()
+
+    def translate(self, e: BaseException) -> StoreError | None:
+        """OperationalError / InterfaceError (the connection, not the data) is unavailable;
+        any other psycopg error (DataError: a NUL in text, a number out of range; integrity,
+        programming errors) is data the server refuses."""
+        if isinstance(e, StoreError):
+            return e
+        if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)) or (
+            isinstance(e, psycopg.Error) and self.broken
+        ):
+            return StoreUnavailable(f"PostgreSQL: {e.__class__.__name__}: {e}")
+        if isinstance(e, psycopg.Error):
+            return StoreDataError(f"PostgreSQL: {e}", type(e).__name__)
+        return None
 
     @staticmethod
     def _q(sql: str) -> str:
@@ -58,7 +110,7 @@ class PostgresStore(Store):
             cur = self.conn.execute(self._q(sql), tuple(params), prepare=False)
             return cur.fetchall() if cur.description is not None else []
         except psycopg.OperationalError as e:
-            raise StoreError(f"PostgreSQL: {e}") from e
+            raise StoreUnavailable(f"PostgreSQL: {e}") from e
 
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -66,7 +118,7 @@ class PostgresStore(Store):
                 with self.conn.cursor() as cur:
                     cur.executemany(self._q(sql), rows)
             except psycopg.OperationalError as e:
-                raise StoreError(f"PostgreSQL: {e}") from e
+                raise StoreUnavailable(f"PostgreSQL: {e}") from e
 
     def _insert_values(self, prefix: str, rows: Sequence[Sequence[Any]], suffix: str = "") -> None:
         """COPY for plain inserts (a large VALUES list costs PostgreSQL more to parse than to
@@ -89,7 +141,7 @@ class PostgresStore(Store):
                 for r in rows:
                     cp.write_row(r)
         except psycopg.OperationalError as e:
-            raise StoreError(f"PostgreSQL: {e}") from e
+            raise StoreUnavailable(f"PostgreSQL: {e}") from e
 
     def _copy_types(self, table_cols: str) -> list[str]:
         """The column types of "table (col, ...)", asked once: binary COPY needs them, and
@@ -145,7 +197,7 @@ class PostgresStore(Store):
                 for m in messages:
                     cp.write_row((m.device, m.epoch, m.seq, m.mtype, m.received))
         except psycopg.OperationalError as e:
-            raise StoreError(f"PostgreSQL: {e}") from e
+            raise StoreUnavailable(f"PostgreSQL: {e}") from e
         got = self._execute_pg(
             "INSERT INTO messages (device_id, epoch, seq, mtype, received) SELECT * FROM"
             " pg_temp.batch_keys ON CONFLICT DO NOTHING RETURNING device_id, epoch, seq",
@@ -182,7 +234,7 @@ class PostgresStore(Store):
             cur = self.conn.execute(sql, tuple(params))
             return cur.fetchall() if cur.description is not None else []
         except psycopg.OperationalError as e:
-            raise StoreError(f"PostgreSQL: {e}") from e
+            raise StoreUnavailable(f"PostgreSQL: {e}") from e
 
     @contextmanager
     def _tx(self) -> Iterator[None]:

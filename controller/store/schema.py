@@ -187,9 +187,30 @@ MIGRATIONS: list[list[str]] = [
             extra TEXT NOT NULL DEFAULT '{{}}'
         )""",
     ],
-    # 5: reserved for issue 10's ingest work (the quarantine table), written on another branch;
-    # whichever merges second keeps this numbering (both branches were written against it).
-    [],
+    # 5: ingest never stops and never silently loses (issue 10). `quarantine` holds messages
+    # the store refused to commit (store/quarantine.py): the raw topic and payload as received,
+    # so a replay after a fix goes through verification again; `digest` (sha256 of topic and
+    # payload) keeps a redelivered poison message to one row. `resolved`/`outcome` are set
+    # when a replay stored it (or found it stored, or refused it). devices.pruned_epoch/seq:
+    # the newest message key retention deleted for the device, the bound below which a
+    # message older than the replay window is refused instead of being stored again.
+    [
+        """CREATE TABLE quarantine (
+            id {serial},
+            digest TEXT NOT NULL UNIQUE,
+            device_id TEXT,
+            topic TEXT NOT NULL,
+            payload {blob} NOT NULL,
+            reason TEXT NOT NULL,
+            received DOUBLE PRECISION NOT NULL,
+            quarantined DOUBLE PRECISION NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 1,
+            resolved DOUBLE PRECISION,
+            outcome TEXT
+        )""",
+        "ALTER TABLE devices ADD COLUMN pruned_epoch BIGINT",
+        "ALTER TABLE devices ADD COLUMN pruned_seq BIGINT",
+    ],
     # 6: time placement (docs/PROTOCOL.md section 5, controller/domain/timeline.py). `approx`
     # says how a sample's or event's ts was found: 0 the device's ts, 1 its uptime anchored on
     # the epoch's first BIRTH, 2 the receive time; rows stored before this migration read 0.

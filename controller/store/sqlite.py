@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from controller.errors import StoreError
+from controller.errors import StoreDataError, StoreError, StoreUnavailable
 from controller.store.base import Store
 
 
@@ -36,14 +36,14 @@ class SqliteStore(Store):
         try:
             return self.conn.execute(sql, tuple(params)).fetchall()
         except sqlite3.OperationalError as e:
-            raise StoreError(f"SQLite {self.path}: {e}") from e
+            raise StoreUnavailable(f"SQLite {self.path}: {e}") from e
 
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             try:
                 self.conn.executemany(sql, rows)
             except sqlite3.OperationalError as e:
-                raise StoreError(f"SQLite {self.path}: {e}") from e
+                raise StoreUnavailable(f"SQLite {self.path}: {e}") from e
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -60,7 +60,8 @@ class SqliteStore(Store):
             yield
         except BaseException:
             self._depth = 0
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite may have rolled back itself (disk full)
+                self.conn.execute("ROLLBACK")
             raise
         self._depth = 0
         self._execute("COMMIT")
@@ -69,6 +70,18 @@ class SqliteStore(Store):
         return bool(
             self._execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
         )
+
+    def translate(self, e: BaseException) -> StoreError | None:
+        """OperationalError (locked past the busy timeout, disk full, I/O error) is the file
+        being unavailable, retried; any other sqlite3 error, and the OverflowError sqlite3
+        raises binding an integer past int64, is data it refuses."""
+        if isinstance(e, StoreError):
+            return e
+        if isinstance(e, sqlite3.OperationalError):
+            return StoreUnavailable(f"SQLite {self.path}: {e}")
+        if isinstance(e, (sqlite3.Error, OverflowError)):
+            return StoreDataError(f"SQLite {self.path}: {e}", type(e).__name__)
+        return None
 
     def close(self) -> None:
         self.conn.close()

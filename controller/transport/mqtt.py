@@ -109,13 +109,24 @@ class _BufferedClient(mqtt.Client):
 
 class MqttLink:
     def __init__(
-        self, cfg: MqttConfig, filters: list[str], on_message: OnMessage, manual_ack: bool = True
+        self,
+        cfg: MqttConfig,
+        filters: list[str],
+        on_message: OnMessage,
+        manual_ack: bool = True,
+        sys_topics: list[str] | None = None,
+        on_sys: Callable[[str, bytes], None] | None = None,
     ) -> None:
+        """`filters` are subscribed at QoS 1 (in the $share group when configured) and go to
+        on_message; `sys_topics` (broker $SYS statistics) at QoS 0, never shared (each
+        controller watches the broker itself), and go to on_sys: off the QoS 1 fast path."""
         self.cfg = cfg
         self.manual_ack = manual_ack
         self.filters = [
             f"$share/{cfg.shared_group}/{f}" if cfg.shared_group else f for f in filters
         ]
+        self.sys_topics = list(sys_topics or [])
+        self.on_sys = on_sys
         self.on_message_cb = on_message
         self.connected = asyncio.Event()
         self.generation = 0
@@ -213,7 +224,7 @@ class MqttLink:
             extra={"session_present": bool(flags.session_present), "filters": self.filters},
         )
         # Subscribing again is harmless with a present session and needed without one.
-        client.subscribe([(f, 1) for f in self.filters])
+        client.subscribe([(f, 1) for f in self.filters] + [(t, 0) for t in self.sys_topics])
         self.connected.set()
 
     def _on_disconnect(
@@ -225,6 +236,12 @@ class MqttLink:
         self._lost.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self.on_sys is not None and msg.topic.startswith("$SYS/"):
+            try:
+                self.on_sys(msg.topic, bytes(msg.payload))
+            except Exception:  # a statistic must never take the link down
+                log.exception("broker statistic handler failed", extra={"topic": msg.topic})
+            return
         handle = AckHandle(self.generation, msg.mid, msg.qos)
         try:
             self.on_message_cb(msg.topic, bytes(msg.payload), handle)

@@ -49,12 +49,13 @@ def test_death_reserved_at_connect_is_accepted_once_even_outside_the_window() ->
     death = payload(M.DEATH, 10, {M.D_REASON: M.DEATH_LOST})
     acc, pres = c.ingest(*death, NOW + 1)
     assert acc.mtype == M.DEATH and pres is not None and pres.state == "offline"
-    with pytest.raises(Rejected) as e:
-        c.ingest(*death, NOW + 2)
-    assert e.value.reason == "replay"
-    # any other old seq is still a replay
-    with pytest.raises(Rejected):
-        c.ingest(*payload(M.DEATH, 9, {M.D_REASON: 0}), NOW)
+    assert not acc.late
+    # A second copy is below the window: late, a question for the store's key (which holds
+    # the first), and it changes no presence; so is any other old seq (issue 10, item 2).
+    again, pres = c.ingest(*death, NOW + 2)
+    assert again.late and pres is None
+    older, pres = c.ingest(*payload(M.DEATH, 9, {M.D_REASON: 0}), NOW)
+    assert older.late and pres is None and not c.devices["d1"].death_open
 
 
 def test_stale_will_after_a_new_birth_does_not_mark_offline() -> None:
@@ -247,3 +248,26 @@ def test_rejections_all_counted_but_logged_at_a_bounded_rate(
     records = [r for r in caplog.records if r.getMessage() == "message rejected"]
     assert 1 <= len(records) <= 11  # the burst, plus at most one refill during the loop
     assert all(getattr(r, "reason", None) == "bad_tag" for r in records)
+
+
+def test_below_the_window_is_late_not_a_replay_and_retention_bounds_it() -> None:
+    """Issue 10, item 2, in the pure core: 2,000 seqs behind the newest is late (the store's
+    key decides) and changes no state; in the window a seen seq is still `replay`; at or below
+    the pruned key, or with a ts older than retention, it is `beyond_retention`."""
+    c = IngestCore(offline_after=60, retention_s=30 * 86400.0)
+    c.add(DeviceState("d1", "porto", "foz", SIGNER))
+    c.ingest(*payload(M.REPORT, 3000, {16: 1}), NOW)
+    c.take_updates()
+    acc, pres = c.ingest(*payload(M.REPORT, 1000, {16: 2}), NOW)
+    assert acc.late and pres is None and c.take_updates() == []
+    with pytest.raises(Rejected) as e:
+        c.ingest(*payload(M.REPORT, 3000, {16: 1}), NOW)
+    assert e.value.reason == "replay"
+    c.devices["d1"].pruned = (3, 1000)
+    with pytest.raises(Rejected) as e:
+        c.ingest(*payload(M.REPORT, 1000, {16: 2}), NOW)
+    assert e.value.reason == "beyond_retention"
+    assert c.ingest(*payload(M.REPORT, 1001, {16: 2}), NOW)[0].late
+    with pytest.raises(Rejected) as e:
+        c.ingest(*payload(M.REPORT, 1002, {16: 2}), NOW + 31 * 86400)  # ts 31 days old
+    assert e.value.reason == "beyond_retention"
