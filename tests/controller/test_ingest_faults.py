@@ -59,25 +59,48 @@ def health(ct: ControllerThread) -> tuple[int, dict[str, Any]]:
     return int(status), body
 
 
-def poison_body(backend: str) -> dict[int, Any]:
-    """An EVENT the backend cannot store: SQLite has no integer past int64, PostgreSQL text no
-    NUL. Both are validly signed and decode today."""
-    if backend == "sqlite":
-        return {M.E_CODE: 2**63, M.E_SEVERITY: 1}
-    return {M.E_CODE: 7, M.E_SEVERITY: 1, M.E_TEXT: "bad\x00text"}
+POISON_CODE = 4242  # an EVENT code the test's store refuses (a real constraint, below)
+
+
+def refuse_poison(cfg: StoreConfig) -> None:
+    """Make the store itself refuse one valid message: a trigger (SQLite) or a CHECK constraint
+    (PostgreSQL) on device_events. Admission (docs/PROTOCOL.md) now refuses what the stores
+    cannot represent (2^63 in SQLite, NUL in PostgreSQL text), so a store refusal is what is
+    left for the bisect + quarantine backstop: a constraint added later, a disk-level
+    corruption, a driver bug. The refusal is the database's own error, as in the field."""
+    s = open_store(cfg, migrate=True)
+    try:
+        if cfg.backend == "sqlite":
+            raw_sql(
+                s,
+                "CREATE TRIGGER poison BEFORE INSERT ON device_events"
+                f" WHEN NEW.code = {POISON_CODE} BEGIN SELECT RAISE(ABORT, 'poison'); END",
+            )
+        else:
+            raw_sql(
+                s,
+                f"ALTER TABLE device_events ADD CONSTRAINT poison CHECK (code <> {POISON_CODE})",
+            )
+    finally:
+        s.close()
 
 
 def test_poison_message_is_quarantined_and_ingest_goes_on(
     store_cfg: StoreConfig, master: MasterKey, broker: Broker
 ) -> None:
     keys = register(store_cfg, master, 1)
+    refuse_poison(store_cfg)
     ct = ControllerThread(make_config(store_cfg, broker.port, batch_size=50), master).start()
     try:
         d = SimDevice("dev-0", keys[0], broker.port)
         d.connect()
+        # what used to stop ingest is now refused at admission, counted, never stored
+        unstorable = {M.E_CODE: 2**63, M.E_SEVERITY: 1}
+        d.publish(*d.build(M.EVENT, unstorable))
+        d.publish(*d.build(M.EVENT, {M.E_CODE: 7, M.E_SEVERITY: 1, M.E_TEXT: "bad\x00text"}))
         for i in range(40):
             d.report({16: i})
-        topic, poison = d.build(M.EVENT, poison_body(store_cfg.backend))
+        topic, poison = d.build(M.EVENT, {M.E_CODE: POISON_CODE, M.E_SEVERITY: 1})
         d.publish(topic, poison)
         for i in range(40):
             d.report({16: i})
@@ -87,7 +110,7 @@ def test_poison_message_is_quarantined_and_ingest_goes_on(
         assert (
             sum(
                 metric(ct, "idufleet_messages_quarantined_total", {"kind": k})
-                for k in ("OverflowError", "DataError")
+                for k in ("IntegrityError", "CheckViolation")
             )
             == 1
         )
@@ -95,7 +118,9 @@ def test_poison_message_is_quarantined_and_ingest_goes_on(
         assert status == 200 and len(rows) == 1
         q = rows[0]
         assert (q["topic"], q["payload_hex"], q["device"]) == (topic, poison.hex(), "dev-0")
-        assert q["reason"].split(":")[0] in ("OverflowError", "DataError")
+        assert q["reason"].split(":")[0] in ("IntegrityError", "CheckViolation")
+        assert metric(ct, "idufleet_messages_rejected_total", {"reason": "bad_field"}) == 1
+        assert metric(ct, "idufleet_messages_rejected_total", {"reason": "bad_type"}) == 1
         # the CLI reads the same list through the API
         out = CliRunner().invoke(cli, ["quarantine", "list", "--json", "--api", ct.url])
         assert out.exit_code == 0 and '"payload_hex": "' + poison.hex() in out.output
