@@ -32,7 +32,7 @@ from protocol import ProtocolError
 from protocol.topics import check_id
 from tools.api_client import ApiClient
 from tools.errors import CliError
-from tools.options import BROKER_DIR, dir_option
+from tools.options import BROKER_DIR, dir_option, read_wifi, wifi_options
 
 CLAIM_CREDENTIALS = "claim.json"  # beside credentials.json: the bootstrap account's password
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -167,6 +167,7 @@ def claim_setup(broker_dir: Path, broker_host: str, controller_user: str) -> Non
 @_broker_host_option
 @click.option("--broker-port", type=int, default=None, help="Default: the broker dir's port.")
 @click.option("--interval", type=int, default=60, show_default=True)
+@wifi_options
 def claim_create(
     config_path: Path | None,
     zone: str,
@@ -179,9 +180,15 @@ def claim_create(
     broker_host: str,
     broker_port: int | None,
     interval: int,
+    wifi_ssid: str | None,
+    wifi_password_file: Path | None,
 ) -> None:
     """Issue COUNT one-time tokens for ZONE and write one claim bundle per board."""
     seconds = parse_ttl(ttl)
+    wifi = read_wifi(wifi_ssid, wifi_password_file)
+    extra: dict[str, Any] = {"interval": interval}
+    if wifi is not None:
+        extra["wifi"] = wifi
     try:
         T.check_request_fields(site, zone, kind, seconds, count)
     except ControllerError as e:
@@ -204,7 +211,7 @@ def claim_create(
         try:
             for tok in issued:
                 path = out / f"claim-{tok.id}.json"
-                written.append(write_bundle(path, claim_bundle(tok, broker, interval=interval)))
+                written.append(write_bundle(path, claim_bundle(tok, broker, **extra)))
         except (ControllerError, OSError) as e:
             for p in written:
                 p.unlink(missing_ok=True)
@@ -300,6 +307,7 @@ def claim_serve(
 @_broker_host_option
 @click.option("--broker-port", type=int, default=None)
 @click.option("--no-broker-account", is_flag=True, help="Broker without accounts (demo).")
+@wifi_options
 def provision(
     port: str,
     zone: str,
@@ -315,10 +323,16 @@ def provision(
     broker_host: str,
     broker_port: int | None,
     no_broker_account: bool,
+    wifi_ssid: str | None,
+    wifi_password_file: Path | None,
 ) -> None:
     """Register a board on USB with the controller, create its broker account, and write the
     agent and its bundle to it. Nothing is left half-made when a step fails."""
     from tools import flash as F
+
+    wifi = read_wifi(wifi_ssid, wifi_password_file)  # asked before anything is created
+    if wifi is None and board_name == "esp32":
+        raise click.UsageError("an esp32 joins Wi-Fi: add --wifi-ssid (the password is asked)")
 
     device_id = device_id or f"{zone[:23].rstrip('-')}-{secrets.token_hex(4)}"
     try:
@@ -363,6 +377,7 @@ def provision(
         bytes.fromhex(reg["key"]),
         broker,
         board=F.board(board_name).name,
+        **({} if wifi is None else {"wifi": wifi}),
     )
     if out is not None:
         _write_secret_json(out, cfg)
