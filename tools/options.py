@@ -60,7 +60,9 @@ def read_wifi(ssid: str | None, password_file: Path | None) -> dict[str, Any] | 
             err=True,
         )
     elif str(password_file) == "-":
-        pw = click.get_text_stream("stdin").readline()
+        import sys
+
+        pw = sys.stdin.readline()
     else:
         try:
             pw = password_file.read_text().splitlines()[0] if password_file.stat().st_size else ""

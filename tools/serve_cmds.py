@@ -128,8 +128,12 @@ def device_add(
         fd = os.open(bundle, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)  # owner-only even when the file existed with wider permissions
         with os.fdopen(fd, "w") as f:
-            extra = {} if wifi is None else {"wifi": wifi}
-            f.write(json.dumps(new.bundle(broker_host, broker_port, **extra), indent=2) + "\n")
+            doc = (
+                new.bundle(broker_host, broker_port)
+                if wifi is None
+                else new.bundle(broker_host, broker_port, wifi=wifi)
+            )
+            f.write(json.dumps(doc, indent=2) + "\n")
         click.echo(f"registered {device_id}; config bundle written to {bundle}")
     else:
         click.echo(f"registered {device_id}; key (shown once): {new.key.hex()}")
