@@ -330,10 +330,6 @@ def provision(
     agent and its bundle to it. Nothing is left half-made when a step fails."""
     from tools import flash as F
 
-    wifi = read_wifi(wifi_ssid, wifi_password_file)  # asked before anything is created
-    if wifi is None and board_name == "esp32":
-        raise click.UsageError("an esp32 joins Wi-Fi: add --wifi-ssid (the password is asked)")
-
     device_id = device_id or f"{zone[:23].rstrip('-')}-{secrets.token_hex(4)}"
     try:
         check_id(zone, "zone")
@@ -348,6 +344,9 @@ def provision(
         F.build_plan(port, board_name, agent=False, bundle_data=_placeholder(device_id))
     except F.FlashError as e:
         raise CliError(str(e)) from None
+    if wifi_ssid is None and board_name == "esp32":
+        raise click.UsageError("an esp32 joins Wi-Fi: add --wifi-ssid (the password is asked)")
+    wifi = read_wifi(wifi_ssid, wifi_password_file)  # asked before anything is created
     client = ApiClient(api, token)
     problem = zone_problem(zone, client.get("/api/zones")["zones"])
     if problem is not None:  # asked first: nothing is created for a zone the controller refuses
