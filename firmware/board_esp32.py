@@ -45,6 +45,10 @@ def start(cfg, flash):
     measures: the associated-station count (16) on an "ap"; on a "sensor", temperature and
     humidity (57, 58) when an SHT3x answers and illuminance (63) when a BH1750 does."""
     global measures
+    if not cfg.get("wifi"):
+        from tunables import bad  # loaded at boot already: startup prints it and stops
+
+        raise bad("wifi", "is missing: an esp32 joins Wi-Fi; provision with --wifi-ssid")
     _st[_T0] = time.ticks_ms()
     _st[_WDT] = machine.WDT(timeout=_WDT_MS)
     _st[_STA] = network.WLAN(network.STA_IF)

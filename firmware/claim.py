@@ -163,10 +163,19 @@ def _connect(broker):
     import socket
 
     host = broker["host"]
-    addr = socket.getaddrinfo(host, broker["port"])[0][-1]
-    s = socket.socket()
+    # every address the name has, each with its own family ("localhost" is ::1 first on Debian)
+    err = OSError("no address")
+    for ai in socket.getaddrinfo(host, broker["port"], 0, socket.SOCK_STREAM):
+        s = socket.socket(ai[0], ai[1], ai[2])
+        try:
+            s.connect(ai[-1])
+            break
+        except OSError as e:
+            err = e
+            s.close()
+    else:
+        raise err
     try:
-        s.connect(addr)
         try:
             s.setsockopt(6, 1, 1)  # TCP_NODELAY
         except OSError:

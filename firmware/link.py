@@ -57,13 +57,59 @@ class Link:
         the TLS layer's ValueError) on any failure. The will is copied into the CONNECT packet
         before the first await: the caller may lend a buffer it shares with other tasks."""
         import socket
-        from errno import EINPROGRESS
 
         self.close()
         self.connect_sent = False
         self.err = None
         b = self.broker
-        ai = socket.getaddrinfo(b["host"], b["port"], 0, socket.SOCK_STREAM)[0]
+        self.parser.reset()
+        self.unacked = {}  # the ring drain re-sends its own in-flight payload with DUP
+        pw = b["password"]
+        n = mq.connect(
+            self.tx,
+            self.client_id,
+            self.keepalive,
+            False,
+            b["username"].encode(),
+            pw.encode() if pw is not None else None,
+            (will_topic, will_payload),
+            1,
+            True,  # retained: the device's status for anyone who subscribes while it is gone
+        )
+        # Every address the name has, in order, each with its own family: "localhost" is ::1
+        # first on Debian while a broker may listen on 127.0.0.1 only (and the reverse on a
+        # dual-stack network). Nothing but open() writes tx until the link is up, so the
+        # CONNECT built above can go to the next address as it is.
+        err = OSError("no address")
+        for ai in socket.getaddrinfo(b["host"], b["port"], 0, socket.SOCK_STREAM):
+            try:
+                self._dial(ai)
+                await self._send(self.tx, n)  # waits out the TCP (and TLS) handshake
+                break
+            except OSError as e:  # refused, unreachable, or no handshake within wait_ms
+                err = e
+                self.close()
+        else:
+            raise err
+        self.connect_sent = True  # from here the broker may have registered the will
+        self.task = asyncio.create_task(self._read(self.sock))
+        t0 = time.ticks_ms()
+        while not self.up:
+            if self.sock is None:
+                raise self.err or OSError("closed")
+            if time.ticks_diff(time.ticks_ms(), t0) > b["wait_ms"]:
+                raise OSError("timeout")
+            await sleep_ms(5)
+        n = mq.subscribe(self.tx, self.next_pid(), topics, 1)
+        await self._send(self.tx, n)
+
+    def _dial(self, ai):
+        """A non-blocking socket for one getaddrinfo entry, connecting (TLS-wrapped when
+        configured); the connect's outcome shows at the first write."""
+        import socket
+        from errno import EINPROGRESS
+
+        b = self.broker
         s = self.sock = socket.socket(ai[0], ai[1], ai[2])
         s.setblocking(False)
         try:
@@ -94,32 +140,6 @@ class Link:
                 s, server_hostname=b["host"], do_handshake_on_connect=False
             )
             s.setblocking(False)
-        self.parser.reset()
-        self.unacked = {}  # the ring drain re-sends its own in-flight payload with DUP
-        pw = b["password"]
-        n = mq.connect(
-            self.tx,
-            self.client_id,
-            self.keepalive,
-            False,
-            b["username"].encode(),
-            pw.encode() if pw is not None else None,
-            (will_topic, will_payload),
-            1,
-            True,  # retained: the device's status for anyone who subscribes while it is gone
-        )
-        await self._send(self.tx, n)  # waits out the TCP (and TLS) handshake
-        self.connect_sent = True  # from here the broker may have registered the will
-        self.task = asyncio.create_task(self._read(s))
-        t0 = time.ticks_ms()
-        while not self.up:
-            if self.sock is None:
-                raise self.err or OSError("closed")
-            if time.ticks_diff(time.ticks_ms(), t0) > b["wait_ms"]:
-                raise OSError("timeout")
-            await sleep_ms(5)
-        n = mq.subscribe(self.tx, self.next_pid(), topics, 1)
-        await self._send(self.tx, n)
 
     async def _send(self, buf, n, payload=None, plen=0):
         """Write buf[:n] then payload[:plen], whole and not interleaved with another task's

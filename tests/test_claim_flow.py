@@ -34,7 +34,7 @@ from protocol.envelope import decode
 from protocol.sign import Signer
 from tests.support.claimkit import device_bytecode, wait_for
 from tests.support.secure_broker import GeneratedBroker, Peer
-from tests.support.upy import UpyResult, run_upy
+from tests.support.upy import UpyResult, debian_hosts, run_upy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -69,11 +69,13 @@ class Rig:
         finally:
             s.close()
 
-    def flash_for(self, tok: T.IssuedToken, name: str, wait_ms: int | None = None) -> Path:
+    def flash_for(
+        self, tok: T.IssuedToken, name: str, wait_ms: int | None = None, host: str = "127.0.0.1"
+    ) -> Path:
         """A board holding tok's claim bundle; wait_ms: its claim.wait_ms (default 8 s)."""
         flash = self.tmp / name
         flash.mkdir()
-        broker = broker_block("127.0.0.1", self.broker.port, CLAIM_USER, CLAIM_PW)
+        broker = broker_block(host, self.broker.port, CLAIM_USER, CLAIM_PW)
         extra = {"interval": 1, "keepalive": 10, "sim": {"speed": 20, "seed": 3}}
         cfg = claim_bundle(tok, broker, **extra)
         if wait_ms is not None:
@@ -81,7 +83,7 @@ class Rig:
         write_bundle(flash / "config.json", cfg)
         return flash
 
-    def claim(self, flash: Path, attempts: int = 2) -> UpyResult:
+    def claim(self, flash: Path, attempts: int = 2, prefix: list[str] | None = None) -> UpyResult:
         script = (
             "import sys\nimport claim\n"
             "try:\n"
@@ -92,7 +94,7 @@ class Rig:
         )
         path = flash.parent / f"claim_{flash.name}.py"  # a file: `-c` text costs heap too
         path.write_text(script)
-        return run_upy(path, heap=UPY_HEAP, path=[self.mpy], timeout=60)
+        return run_upy(path, heap=UPY_HEAP, path=[self.mpy], timeout=60, prefix=prefix)
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +181,19 @@ def test_board_claims_and_boots_into_the_agent(rig: Rig) -> None:
     finally:
         agent.kill()
         obs.close()
+
+
+def test_claim_reaches_an_ipv4_broker_named_localhost_that_resolves_to_ipv6_first(
+    rig: Rig,
+) -> None:
+    """Debian's default /etc/hosts gives "localhost" as ::1 first; the broker listens on
+    127.0.0.1 only. The claim path must try every address with its own family (it used an
+    AF_INET socket for ::1 and failed with errno 97)."""
+    (tok,) = rig.issue()
+    flash = rig.flash_for(tok, "b-dual", host="localhost")
+    res = rig.claim(flash, prefix=debian_hosts(rig.tmp))
+    assert res.returncode == 0 and "RESULT True" in res.stdout, res.stdout + res.stderr
+    assert "claim" not in _config(flash)
 
 
 def test_reuse_by_another_board_is_refused_and_counted(rig: Rig) -> None:

@@ -4,6 +4,7 @@ agent's broker publishes its DEATH, config survives a reboot, a bad config is re
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -20,6 +21,7 @@ from protocol.envelope import decode
 from protocol.replay import ReplayWindow
 from tests.firmware.harness import Agent, Observer, key_for, make_flash
 from tests.support.broker import Broker
+from tests.support.upy import debian_hosts
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -221,3 +223,17 @@ def test_missing_config_is_refused(tmp_path: Path) -> None:
     a = Agent(flash).start()
     assert a.wait_exit(30) == 1
     assert "config.json not found" in a.console()
+
+
+def test_agent_reaches_an_ipv4_broker_named_localhost_that_resolves_to_ipv6_first(
+    tmp_path: Path, broker: Broker, obs: Observer, agents: Callable[..., Agent]
+) -> None:
+    """On Debian's default /etc/hosts "localhost" is ::1 first; the broker listens on 127.0.0.1
+    only. The link must try the next address (with its own family) and come up."""
+    flash = make_flash(tmp_path, "ap-6", broker.port)
+    cfg = json.loads((flash / "config.json").read_text())
+    cfg["broker"]["host"] = "localhost"
+    (flash / "config.json").write_text(json.dumps(cfg))
+    a = agents(flash, prefix=debian_hosts(tmp_path))
+    obs.wait(lambda: obs.items("ap-6", "birth"), 30, "BIRTH over 127.0.0.1 after ::1 refused")
+    assert a.proc is not None and a.proc.poll() is None, a.console()

@@ -121,6 +121,25 @@ def test_claim_setup_create_list_then_a_board_claims(site: Site, tmp_path: Path)
     assert lst.output.count(" open ") == 2 and lst.output.count(" used ") == 1
 
 
+def test_claim_create_puts_wifi_in_every_bundle(site: Site, tmp_path: Path) -> None:
+    assert site.run("claim", "setup", "--broker-dir", str(site.broker_dir)).exit_code == 0
+    pw = tmp_path / "wifi.pw"
+    pw.write_text("correct horse battery\n")
+    out = tmp_path / "claims"
+    r = site.run(
+        "claim", "create", "--zone", "ribeira", "--count", "2", "--out", str(out),
+        "--broker-dir", str(site.broker_dir), "--wifi-ssid", "porto-iot",
+        "--wifi-password-file", str(pw),
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    files = sorted(out.glob("claim-*.json"))
+    assert len(files) == 2
+    for f in files:
+        wifi = json.loads(f.read_text())["wifi"]
+        assert wifi == {"ssid": "porto-iot", "password": "correct horse battery"}
+    assert "correct horse battery" not in r.output
+
+
 @pytest.mark.parametrize(
     ("args", "code", "words"),
     [

@@ -22,3 +22,55 @@ def dir_option(
         show_default=True,
         help=help,
     )
+
+
+def wifi_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--wifi-ssid and --wifi-password-file: the password is read from a file (first line) or
+    asked at a hidden prompt, never taken as an argument (it would sit in shell history and
+    in `ps`). The command gets `wifi_ssid` and `wifi_password_file`; read_wifi() turns them
+    into the bundle's `wifi` field."""
+    f = click.option(
+        "--wifi-password-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="File whose first line is the Wi-Fi password ('-': stdin). Default: ask.",
+    )(f)
+    return click.option(
+        "--wifi-ssid", default=None, help="Wi-Fi network the board joins (an esp32 needs one)."
+    )(f)
+
+
+def read_wifi(ssid: str | None, password_file: Path | None) -> dict[str, Any] | None:
+    """The bundle's `wifi` field, or None without --wifi-ssid. Raises click.UsageError for a
+    password file without an SSID, CliError (via BundleError) for what WPA2 refuses."""
+    from controller.errors import ControllerError
+    from controller.provisioning.bundles import wifi_block
+    from tools.errors import CliError
+
+    if ssid is None:
+        if password_file is not None:
+            raise click.UsageError("--wifi-password-file needs --wifi-ssid")
+        return None
+    if password_file is None:
+        pw = click.prompt(
+            f"Wi-Fi password for {ssid} (empty: open network)",
+            default="",
+            hide_input=True,
+            show_default=False,
+            err=True,
+        )
+    elif str(password_file) == "-":
+        import sys
+
+        pw = sys.stdin.readline()
+    else:
+        try:
+            pw = password_file.read_text().splitlines()[0] if password_file.stat().st_size else ""
+        except OSError as e:
+            raise CliError(
+                f"cannot read --wifi-password-file: {e.strerror}: {password_file}"
+            ) from None
+    try:
+        return wifi_block(ssid, pw.rstrip("\r\n") or None)
+    except ControllerError as e:
+        raise CliError(str(e)) from None

@@ -32,7 +32,7 @@ from protocol import ProtocolError
 from protocol.topics import check_id
 from tools.api_client import ApiClient
 from tools.errors import CliError
-from tools.options import BROKER_DIR, dir_option
+from tools.options import BROKER_DIR, dir_option, read_wifi, wifi_options
 from tools.release_cmds import release_key_option
 
 CLAIM_CREDENTIALS = "claim.json"  # beside credentials.json: the bootstrap account's password
@@ -169,6 +169,7 @@ def claim_setup(broker_dir: Path, broker_host: str, controller_user: str) -> Non
 @click.option("--broker-port", type=int, default=None, help="Default: the broker dir's port.")
 @click.option("--interval", type=int, default=60, show_default=True)
 @release_key_option
+@wifi_options
 def claim_create(
     config_path: Path | None,
     zone: str,
@@ -182,9 +183,15 @@ def claim_create(
     broker_port: int | None,
     interval: int,
     release_key: bytes | None,
+    wifi_ssid: str | None,
+    wifi_password_file: Path | None,
 ) -> None:
     """Issue COUNT one-time tokens for ZONE and write one claim bundle per board."""
     seconds = parse_ttl(ttl)
+    wifi = read_wifi(wifi_ssid, wifi_password_file)
+    extra: dict[str, Any] = {"interval": interval}
+    if wifi is not None:
+        extra["wifi"] = wifi
     try:
         T.check_request_fields(site, zone, kind, seconds, count)
     except ControllerError as e:
@@ -207,9 +214,7 @@ def claim_create(
         try:
             for tok in issued:
                 path = out / f"claim-{tok.id}.json"
-                written.append(
-                    write_bundle(path, claim_bundle(tok, broker, release_key, interval=interval))
-                )
+                written.append(write_bundle(path, claim_bundle(tok, broker, release_key, **extra)))
         except (ControllerError, OSError) as e:
             for p in written:
                 p.unlink(missing_ok=True)
@@ -306,6 +311,7 @@ def claim_serve(
 @click.option("--broker-port", type=int, default=None)
 @click.option("--no-broker-account", is_flag=True, help="Broker without accounts (demo).")
 @release_key_option
+@wifi_options
 def provision(
     port: str,
     zone: str,
@@ -322,6 +328,8 @@ def provision(
     broker_port: int | None,
     no_broker_account: bool,
     release_key: bytes | None,
+    wifi_ssid: str | None,
+    wifi_password_file: Path | None,
 ) -> None:
     """Register a board on USB with the controller, create its broker account, and write the
     agent and its bundle to it. Nothing is left half-made when a step fails."""
@@ -341,6 +349,9 @@ def provision(
         F.build_plan(port, board_name, agent=False, bundle_data=_placeholder(device_id))
     except F.FlashError as e:
         raise CliError(str(e)) from None
+    if wifi_ssid is None and board_name == "esp32":
+        raise click.UsageError("an esp32 joins Wi-Fi: add --wifi-ssid (the password is asked)")
+    wifi = read_wifi(wifi_ssid, wifi_password_file)  # asked before anything is created
     client = ApiClient(api, token)
     problem = zone_problem(zone, client.get("/api/zones")["zones"])
     if problem is not None:  # asked first: nothing is created for a zone the controller refuses
@@ -371,6 +382,7 @@ def provision(
         broker,
         release_key,
         board=F.board(board_name).name,
+        **({} if wifi is None else {"wifi": wifi}),
     )
     if out is not None:
         _write_secret_json(out, cfg)

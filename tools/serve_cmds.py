@@ -18,6 +18,7 @@ from controller.keys import load_master
 from controller.logs import setup
 from controller.store import open_store
 from tools.errors import CliError
+from tools.options import read_wifi, wifi_options
 
 _config_option = click.option(
     "--config",
@@ -84,6 +85,7 @@ def device_group() -> None:
 )
 @click.option("--broker-host", default="127.0.0.1", show_default=True)
 @click.option("--broker-port", type=int, default=1883, show_default=True)
+@wifi_options
 def device_add(
     config_path: Path | None,
     device_id: str,
@@ -94,8 +96,14 @@ def device_add(
     bundle: Path | None,
     broker_host: str,
     broker_port: int,
+    wifi_ssid: str | None,
+    wifi_password_file: Path | None,
 ) -> None:
-    """Register DEVICE_ID; its generated key is shown once (or written into --bundle)."""
+    """Register DEVICE_ID; its generated key is shown once (or written into --bundle, with the
+    Wi-Fi credentials an esp32 joins with)."""
+    if wifi_ssid is not None and bundle is None:
+        raise click.UsageError("--wifi-ssid goes into a bundle: add --bundle PATH")
+    wifi = read_wifi(wifi_ssid, wifi_password_file)  # asked before anything is created
     cfg = _load(config_path)
     tag_map: dict[str, str] = {}
     for t in tags:
@@ -120,7 +128,12 @@ def device_add(
         fd = os.open(bundle, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)  # owner-only even when the file existed with wider permissions
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(new.bundle(broker_host, broker_port), indent=2) + "\n")
+            doc = (
+                new.bundle(broker_host, broker_port)
+                if wifi is None
+                else new.bundle(broker_host, broker_port, wifi=wifi)
+            )
+            f.write(json.dumps(doc, indent=2) + "\n")
         click.echo(f"registered {device_id}; config bundle written to {bundle}")
     else:
         click.echo(f"registered {device_id}; key (shown once): {new.key.hex()}")

@@ -61,6 +61,18 @@ def release_key_field(public_key: bytes | None) -> dict[str, str]:
     return {"release_key": public_key.hex()}
 
 
+def wifi_block(ssid: str, password: str | None) -> dict[str, Any]:
+    """The `wifi` field an esp32 board joins with (docs/DEVICE-CONFIG.md); password None: an
+    open network. Raises BundleError when WPA2 would refuse it, before anything is written."""
+    if not 1 <= len(ssid.encode()) <= 32:
+        raise BundleError(f"Wi-Fi SSID {ssid!r} must be 1-32 bytes")
+    if password is not None and not 8 <= len(password) <= 63:
+        raise BundleError(
+            "the Wi-Fi password must be 8-63 characters (WPA2), or empty for an open network"
+        )
+    return {"ssid": ssid, "password": password}
+
+
 def device_bundle(
     device: str,
     site: str,
@@ -76,7 +88,8 @@ def device_bundle(
     fields from extra (interval, board, keepalive, sim...; a key in extra replaces the one
     above). The one place a full
     bundle is assembled: the registry, provisioning, the firmware tools, the demo and the tests
-    all call it. Not validated here: the agent refuses a bad one naming the field."""
+    all call it. Not validated here: the agent refuses a bad one naming the field. Wi-Fi
+    credentials come in extra as `wifi=wifi_block(...)`, for a claim bundle too."""
     cfg: dict[str, Any] = {
         "device": device,
         "site": site,

@@ -66,6 +66,7 @@ class Agent:
     entry: Path = ROOT / "firmware" / "main.py"  # or a wrapper that runs it
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
+    prefix: list[str] = field(default_factory=list)  # runs micropython under it (debian_hosts)
 
     @property
     def log_path(self) -> Path:
@@ -78,6 +79,7 @@ class Agent:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [
+                *self.prefix,
                 micropython_binary(),
                 "-X",
                 f"heapsize={self.heap}",
