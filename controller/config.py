@@ -90,7 +90,11 @@ class IngestConfig:
 class ApiConfig:
     host: str = "127.0.0.1"
     port: int = 8080
-    token: str = ""  # operator bearer token for write endpoints; empty disables them
+    # The bootstrap admin's bearer token: acts as the operator "api.token" with the admin role,
+    # so a deployment works before any `idufleet operator add` (and creates the first ones).
+    # Empty: only operator tokens are accepted.
+    token: str = ""
+    metrics_open: bool = False  # serve /metrics without a token (a Prometheus on this host)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:

@@ -4,6 +4,8 @@ wrapped key copied onto another device's row does not open."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -27,6 +29,12 @@ class MasterKey:
         if len(key) != MASTER_LEN:
             raise KeyWrapError(f"the master key is {MASTER_LEN} bytes (64 hex digits)")
         self._aead = AESGCM(key)
+        self._kdf = hmac.new(key, b"idufleet subkeys v1", hashlib.sha256).digest()
+
+    def subkey(self, label: str) -> bytes:
+        """A 32-byte key for one purpose (e.g. "operator tokens"), derived with HMAC-SHA256 so
+        it never reveals the master key or another purpose's key."""
+        return hmac.new(self._kdf, label.encode(), hashlib.sha256).digest()
 
     def __repr__(self) -> str:
         return "MasterKey(***)"

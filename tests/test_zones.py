@@ -114,8 +114,11 @@ def test_api_register_refuses_an_unknown_zone(controller: ControllerThread) -> N
     status, body = http(url, {"id": "ap-y", "zone": "matosinhos", "kind": "ap"}, TOKEN)
     assert status == 201, body  # the configured set, not the Porto defaults
     assert http(url, {"id": "ap-z", "zone": "foz", "kind": "ap"}, TOKEN)[0] == 400
-    assert [d["id"] for d in http(url)[1]] == ["ap-y"]
-    assert http(controller.url + "/api/zones") == (200, {"zones": ["ribeira", "matosinhos"]})
+    assert [d["id"] for d in http(url, token=TOKEN)[1]] == ["ap-y"]
+    assert http(controller.url + "/api/zones", token=TOKEN) == (
+        200,
+        {"zones": ["ribeira", "matosinhos"]},
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -201,7 +204,7 @@ def test_provision_refuses_an_unknown_zone_before_anything_exists(
     names_the_zones(line, ("ribeira", "matosinhos"))
     assert "nothing was registered" in line
     assert not keep.exists() and not (fs / "config.json").exists()
-    assert http(controller.url + "/api/devices")[1] == []
+    assert http(controller.url + "/api/devices", token=TOKEN)[1] == []
 
 
 def test_cli_config_check_shows_the_zones(tmp_path: Path) -> None:

@@ -22,3 +22,23 @@ def dir_option(
         show_default=True,
         help=help,
     )
+
+
+def api_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--api: the controller's API URL (every command that talks to a controller spells it so)."""
+    return click.option(
+        "--api",
+        default=None,
+        help="Controller API URL (default: $IDUFLEET_API, then the config's [cli] api, then "
+        "http://<api.host>:<api.port> from the config).",
+    )(f)
+
+
+def token_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--token: the bearer token (an operator's, or api.token)."""
+    return click.option(
+        "--token",
+        default=None,
+        help="Operator token (default: $IDUFLEET_API_TOKEN, then the config's [cli] token, "
+        "then its api.token).",
+    )(f)

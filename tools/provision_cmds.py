@@ -335,7 +335,11 @@ def provision(
     except F.FlashError as e:
         raise CliError(str(e)) from None
     client = ApiClient(api, token)
-    problem = zone_problem(zone, client.get("/api/zones")["zones"])
+    try:
+        zones = client.get("/api/zones")["zones"]
+    except CliError as e:  # a wrong token or an unreachable controller: nothing made yet
+        raise CliError(f"{e}; nothing was registered") from None
+    problem = zone_problem(zone, zones)
     if problem is not None:  # asked first: nothing is created for a zone the controller refuses
         raise CliError(f"{problem}; nothing was registered")
     bport = _broker_port(broker_dir, broker_port)

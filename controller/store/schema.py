@@ -187,6 +187,36 @@ MIGRATIONS: list[list[str]] = [
             extra TEXT NOT NULL DEFAULT '{{}}'
         )""",
     ],
+    # 5, 6, 7: reserved for work landing beside this one (ingest quarantine, spec, confirm); an
+    # empty migration only moves the version. Whoever merges puts the real statements here.
+    [],
+    [],
+    [],
+    # 8: operator accounts and the audit log (store/operators.py, controller/operators.py).
+    # `token_hash` is HMAC-SHA256 of the bearer token under a key derived from the master key
+    # (the token itself is never stored). `audit` is append-only: nothing updates or deletes
+    # its rows; `args` is JSON without secrets.
+    [
+        """CREATE TABLE operators (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            created DOUBLE PRECISION NOT NULL,
+            created_by TEXT NOT NULL,
+            revoked_at DOUBLE PRECISION
+        )""",
+        """CREATE TABLE audit (
+            id {serial},
+            ts DOUBLE PRECISION NOT NULL,
+            who TEXT NOT NULL,
+            role TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            args TEXT NOT NULL DEFAULT '{{}}',
+            result TEXT NOT NULL
+        )""",
+        "CREATE INDEX audit_ts ON audit (ts)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)
