@@ -80,10 +80,10 @@ def load_master(cfg: KeysConfig, create: bool = False) -> MasterKey:
     if not path.exists():
         if not create:
             raise KeyWrapError(
-                f"master key file {path} not found; create one with `idufleet serve --init` "
-                "or set IDUFLEET_KEYS_MASTER_KEY"
+                f"master key file {path} not found; create one with `idufleet init` "
+                "(or `idufleet serve --init`) or set IDUFLEET_KEYS_MASTER_KEY"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(MASTER_LEN) + "\n")

@@ -143,13 +143,15 @@ def test_device_add_refuses_an_unknown_zone(tmp_path: Path) -> None:
     names_the_zones(one_line(r))
     assert not bundle.parent.exists()
     assert not (tmp_path / "idu.sqlite").exists() and not (tmp_path / "master.key").exists()
+    assert run(cfg, "init").exit_code == 0
     r = run(cfg, "device", "add", "ap-1", "--zone", "foz", "--kind", "ap", "--bundle", str(bundle))
     assert r.exit_code == 0, r.output
     assert json.loads(bundle.read_text())["zone"] == "foz"
     # an empty list opts out: any well-formed zone
     other = tmp_path / "any"
     other.mkdir()
-    r = run(write_config(other, "[fleet]\nzones = []\n"), "device", "add", "ap-2", "--zone", "gaia",
+    assert run(write_config(other, "[fleet]\nzones = []\n"), "init").exit_code == 0
+    r = run(other / "idufleet.toml", "device", "add", "ap-2", "--zone", "gaia",
             "--kind", "sensor")  # fmt: skip
     assert r.exit_code == 0, r.output
     s = SqliteStore(other / "idu.sqlite")
@@ -179,6 +181,7 @@ def test_claim_create_refuses_an_unknown_zone(tmp_path: Path) -> None:
             assert T.TokenStore(s, MASTER).list() == []
         finally:
             s.close()
+    assert run(cfg, "init").exit_code == 0  # the store exists only once made on purpose
     r = run(cfg, *args, "--zone", "baixa")  # the same command with a known zone works
     assert r.exit_code == 0, r.output
     assert len(list(out.glob("claim-*.json"))) == 2

@@ -101,23 +101,23 @@ def _broker_port(broker_dir: Path, given: int | None) -> int:
 
 
 def _load_config(config_path: Path | None) -> Any:
-    from controller.config import load
+    from controller.config import discover
 
     try:
-        return load(config_path)
+        return discover(config_path)[0]
     except ControllerError as e:
         raise CliError(str(e)) from None
 
 
 def _store_and_master(config_path: Path | None) -> tuple[Any, Any]:
-    from controller.config import load
+    from controller.config import discover
     from controller.keys import load_master
     from controller.store import open_store
 
     try:
-        cfg = load(config_path)
+        cfg = discover(config_path)[0]
         master = load_master(cfg.keys, create=False)
-        return open_store(cfg.store), master
+        return open_store(cfg.store, create=False), master
     except ControllerError as e:
         raise CliError(str(e)) from None
 
@@ -245,13 +245,9 @@ def claim_serve(
     config_path: Path | None, broker_dir: Path, broker_host: str, metrics_port: int | None
 ) -> None:
     """Answer claim requests until SIGTERM/SIGINT (uses the controller's MQTT account)."""
-    from controller.config import load
     from controller.provisioning.claim_service import ClaimCounters, ClaimResponder, ClaimService
 
-    try:
-        cfg = load(config_path)
-    except ControllerError as e:
-        raise CliError(str(e)) from None
+    cfg = _load_config(config_path)
     store, master = _store_and_master(config_path)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
