@@ -7,6 +7,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -105,3 +106,19 @@ def test_device_add_before_init_refuses_and_init_creates_owner_only_files(tmp_pa
     r = invoke("device", "add", "ap-1", "--zone", "foz", "--kind", "ap", env=env)
     assert r.exit_code == 0 and "registered ap-1" in r.output
     assert "nothing to create" in invoke("init", env=env).output
+
+
+def _commands(group: click.Group, path: str = "") -> list[tuple[str, click.Command]]:
+    out = []
+    for name, cmd in group.commands.items():
+        out.append((f"{path} {name}".strip(), cmd))
+        if isinstance(cmd, click.Group):
+            out.extend(_commands(cmd, f"{path} {name}"))
+    return out
+
+
+def test_the_controller_api_is_spelled_api_everywhere() -> None:
+    for name, cmd in _commands(cli):
+        for p in cmd.params:
+            if "--controller" in p.opts or p.name == "api":
+                assert p.opts[0] == "--api", f"{name}: {p.opts}"

@@ -28,6 +28,8 @@ def api_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """--api: the controller's API URL (every command that talks to a controller spells it so)."""
     return click.option(
         "--api",
+        "--controller",  # the old spelling of provision / rotate-key / revoke, kept working
+        "api",
         default=None,
         help="Controller API URL (default: $IDUFLEET_API, then the config's [cli] api, then "
         "http://<api.host>:<api.port> from the config).",

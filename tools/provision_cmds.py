@@ -32,7 +32,7 @@ from protocol import ProtocolError
 from protocol.topics import check_id
 from tools.api_client import ApiClient
 from tools.errors import CliError
-from tools.options import BROKER_DIR, dir_option
+from tools.options import BROKER_DIR, api_option, dir_option, token_option
 
 CLAIM_CREDENTIALS = "claim.json"  # beside credentials.json: the bootstrap account's password
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -283,8 +283,8 @@ def claim_serve(
 @click.option("--kind", type=click.Choice(["ap", "sensor"]), default="ap", show_default=True)
 @click.option("--site", default="porto", show_default=True)
 @click.option("--board", "board_name", default="esp32", show_default=True)
-@click.option("--controller", "api", default=None, help="Controller API URL (IDUFLEET_API).")
-@click.option("--token", default=None, help="Operator token (IDUFLEET_API_TOKEN).")
+@api_option
+@token_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -411,8 +411,8 @@ def _undo_account(
 # --------------------------------------------------------------------------- rotate / revoke
 @click.command("rotate-key")
 @click.argument("device_id")
-@click.option("--controller", "api", default=None, help="Controller API URL (IDUFLEET_API).")
-@click.option("--token", default=None, help="Operator token (IDUFLEET_API_TOKEN).")
+@api_option
+@token_option
 @click.option("--grace", type=float, default=60.0, show_default=True, help="Old key valid (s).")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Wait for the ACK.")
 def rotate_key(
@@ -429,8 +429,8 @@ def rotate_key(
 
 @click.command("revoke")
 @click.argument("device_id")
-@click.option("--controller", "api", default=None, help="Controller API URL (IDUFLEET_API).")
-@click.option("--token", default=None, help="Operator token (IDUFLEET_API_TOKEN).")
+@api_option
+@token_option
 @_broker_dir_option
 @_broker_host_option
 @click.option("--no-broker-account", is_flag=True, help="Broker without accounts (demo).")
