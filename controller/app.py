@@ -20,6 +20,7 @@ from controller.domain.ingest import IngestCore
 from controller.fleet import Fleet
 from controller.keys import MasterKey, load_master
 from controller.metrics import Metrics
+from controller.operators import Operators
 from controller.pipeline import Pipeline
 from controller.store.thread import StoreThread
 
@@ -122,6 +123,7 @@ class Controller:
             self.cfg.api,
             self.cfg.fleet.zones,
             self.pipeline,
+            Operators(self.db, self.master, self.cfg.api.token),
         )
         self.api_runner, self.api_port = await start_api(ops)
 

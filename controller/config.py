@@ -17,7 +17,20 @@ from protocol import ProtocolError
 from protocol.topics import check_id
 
 ENV_PREFIX = "IDUFLEET_"
-SECRET_FIELDS = {("mqtt", "password"), ("api", "token"), ("keys", "master_key")}
+SECRET_FIELDS = {
+    ("mqtt", "password"),
+    ("api", "token"),
+    ("keys", "master_key"),
+    ("cli", "token"),
+}
+ENV_CONFIG = "IDUFLEET_CONFIG"
+LOCAL_CONFIG = Path("idufleet.toml")  # in the current folder
+SYSTEM_CONFIG = Path("/etc/idufleet/idufleet.toml")
+NOT_FOUND = (
+    "no idufleet config found: pass --config FILE, set IDUFLEET_CONFIG=FILE, or put "
+    "idufleet.toml in this folder or /etc/idufleet/ (deploy/idufleet.toml is an example; "
+    "`idufleet init --config FILE` then creates its store and master key)"
+)
 
 
 @dataclass(frozen=True)
@@ -111,11 +124,25 @@ class HealthConfig:
 class ApiConfig:
     host: str = "127.0.0.1"
     port: int = 8080
-    token: str = ""  # operator bearer token for write endpoints; empty disables them
+    # The bootstrap admin's bearer token: acts as the operator "api.token" with the admin role,
+    # so a deployment works before any `idufleet operator add` (and creates the first ones).
+    # Empty: only operator tokens are accepted.
+    token: str = ""
+    metrics_open: bool = False  # serve /metrics without a token (a Prometheus on this host)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ConfigError(f"api.port {self.port}: use 0 (any free port) .. 65535")
+
+
+@dataclass(frozen=True)
+class CliConfig:
+    """Where the CLI finds the controller's API when it runs elsewhere: `api` is its URL (empty:
+    http://<api.host>:<api.port> of this config) and `token` an operator token (empty: the
+    config's api.token). IDUFLEET_API / IDUFLEET_API_TOKEN and --api / --token override them."""
+
+    api: str = ""
+    token: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,6 +209,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    cli: CliConfig = field(default_factory=CliConfig)
 
     def redacted(self) -> dict[str, dict[str, Any]]:
         """The config as a dict with secrets replaced, for logs and `--check` output."""
@@ -204,6 +232,7 @@ _SECTION_TYPES = {
     "log": LogConfig,
     "fleet": FleetConfig,
     "health": HealthConfig,
+    "cli": CliConfig,
 }
 
 
@@ -293,3 +322,29 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
     return build(data, env)
+
+
+def find(explicit: str | Path | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The one discovery rule every command uses: --config, then $IDUFLEET_CONFIG, then
+    ./idufleet.toml, then /etc/idufleet/idufleet.toml; None when none applies."""
+    env = os.environ if env is None else env
+    if explicit is not None:
+        return Path(explicit)
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG])
+    for p in (LOCAL_CONFIG, SYSTEM_CONFIG):
+        if p.is_file():
+            return p
+    return None
+
+
+def discover(
+    explicit: str | Path | None, env: Mapping[str, str] | None = None, required: bool = True
+) -> tuple[Config, Path | None]:
+    """The config found by `find` (and its path). Raises ConfigError with the fix when none is
+    found and `required` (a command that opens the store or the master key); otherwise the
+    defaults and environment overrides alone."""
+    path = find(explicit, env)
+    if path is None and required:
+        raise ConfigError(NOT_FOUND, "no_config")
+    return load(path, env), path

@@ -70,6 +70,12 @@ class CommandError(ControllerError):
     code = "command"
 
 
+class OperatorError(ControllerError):
+    """An operator account request was refused (bad name or role, name taken, unknown name)."""
+
+    code = "operator"
+
+
 # Security reason codes (SecurityError.code).
 CA_EXISTS = "ca_exists"
 CA_MISSING = "ca_missing"

@@ -4,6 +4,8 @@ wrapped key copied onto another device's row does not open."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -27,6 +29,12 @@ class MasterKey:
         if len(key) != MASTER_LEN:
             raise KeyWrapError(f"the master key is {MASTER_LEN} bytes (64 hex digits)")
         self._aead = AESGCM(key)
+        self._kdf = hmac.new(key, b"idufleet subkeys v1", hashlib.sha256).digest()
+
+    def subkey(self, label: str) -> bytes:
+        """A 32-byte key for one purpose (e.g. "operator tokens"), derived with HMAC-SHA256 so
+        it never reveals the master key or another purpose's key."""
+        return hmac.new(self._kdf, label.encode(), hashlib.sha256).digest()
 
     def __repr__(self) -> str:
         return "MasterKey(***)"
@@ -72,10 +80,10 @@ def load_master(cfg: KeysConfig, create: bool = False) -> MasterKey:
     if not path.exists():
         if not create:
             raise KeyWrapError(
-                f"master key file {path} not found; create one with `idufleet serve --init` "
-                "or set IDUFLEET_KEYS_MASTER_KEY"
+                f"master key file {path} not found; create one with `idufleet init` "
+                "(or `idufleet serve --init`) or set IDUFLEET_KEYS_MASTER_KEY"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(MASTER_LEN) + "\n")

@@ -63,6 +63,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
         f'[mqtt]\nport = {b.port}\nusername = "{CTL}"\npassword = "{CTL_PW}"\n'
     )
     s = Site(b, admin, broker_dir, config, db, MasterKey(master), tmp_path)
+    assert s.run("init").exit_code == 0  # the store, made on purpose
     yield s
     admin.close()
     b.stop()

@@ -114,8 +114,11 @@ def test_api_register_refuses_an_unknown_zone(controller: ControllerThread) -> N
     status, body = http(url, {"id": "ap-y", "zone": "matosinhos", "kind": "ap"}, TOKEN)
     assert status == 201, body  # the configured set, not the Porto defaults
     assert http(url, {"id": "ap-z", "zone": "foz", "kind": "ap"}, TOKEN)[0] == 400
-    assert [d["id"] for d in http(url)[1]] == ["ap-y"]
-    assert http(controller.url + "/api/zones") == (200, {"zones": ["ribeira", "matosinhos"]})
+    assert [d["id"] for d in http(url, token=TOKEN)[1]] == ["ap-y"]
+    assert http(controller.url + "/api/zones", token=TOKEN) == (
+        200,
+        {"zones": ["ribeira", "matosinhos"]},
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -140,13 +143,15 @@ def test_device_add_refuses_an_unknown_zone(tmp_path: Path) -> None:
     names_the_zones(one_line(r))
     assert not bundle.parent.exists()
     assert not (tmp_path / "idu.sqlite").exists() and not (tmp_path / "master.key").exists()
+    assert run(cfg, "init").exit_code == 0
     r = run(cfg, "device", "add", "ap-1", "--zone", "foz", "--kind", "ap", "--bundle", str(bundle))
     assert r.exit_code == 0, r.output
     assert json.loads(bundle.read_text())["zone"] == "foz"
     # an empty list opts out: any well-formed zone
     other = tmp_path / "any"
     other.mkdir()
-    r = run(write_config(other, "[fleet]\nzones = []\n"), "device", "add", "ap-2", "--zone", "gaia",
+    assert run(write_config(other, "[fleet]\nzones = []\n"), "init").exit_code == 0
+    r = run(other / "idufleet.toml", "device", "add", "ap-2", "--zone", "gaia",
             "--kind", "sensor")  # fmt: skip
     assert r.exit_code == 0, r.output
     s = SqliteStore(other / "idu.sqlite")
@@ -176,6 +181,7 @@ def test_claim_create_refuses_an_unknown_zone(tmp_path: Path) -> None:
             assert T.TokenStore(s, MASTER).list() == []
         finally:
             s.close()
+    assert run(cfg, "init").exit_code == 0  # the store exists only once made on purpose
     r = run(cfg, *args, "--zone", "baixa")  # the same command with a known zone works
     assert r.exit_code == 0, r.output
     assert len(list(out.glob("claim-*.json"))) == 2
@@ -201,7 +207,7 @@ def test_provision_refuses_an_unknown_zone_before_anything_exists(
     names_the_zones(line, ("ribeira", "matosinhos"))
     assert "nothing was registered" in line
     assert not keep.exists() and not (fs / "config.json").exists()
-    assert http(controller.url + "/api/devices")[1] == []
+    assert http(controller.url + "/api/devices", token=TOKEN)[1] == []
 
 
 def test_cli_config_check_shows_the_zones(tmp_path: Path) -> None:

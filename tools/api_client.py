@@ -15,10 +15,32 @@ from tools.errors import CliError
 DEFAULT_API = "http://127.0.0.1:8080"
 
 
+def resolve(base: str | None, token: str | None) -> tuple[str, str]:
+    """The API URL and token, each from the first that gives one: the option, the environment
+    (IDUFLEET_API, IDUFLEET_API_TOKEN), the config found by the one discovery rule ([cli] api
+    and token, else http://<api.host>:<api.port> and api.token), the default URL."""
+    base = base or os.environ.get("IDUFLEET_API") or None
+    token = token if token is not None else os.environ.get("IDUFLEET_API_TOKEN")
+    if base is None or token is None:
+        from controller.config import discover
+        from controller.errors import ControllerError
+
+        try:
+            cfg, path = discover(None, required=False)
+        except ControllerError as e:
+            raise CliError(str(e)) from None
+        if base is None and path is not None:
+            host = cfg.api.host if cfg.api.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+            host = f"[{host}]" if ":" in host else host
+            base = cfg.cli.api or (f"http://{host}:{cfg.api.port}" if cfg.api.port else None)
+        if token is None:
+            token = cfg.cli.token or cfg.api.token
+    return (base or DEFAULT_API).rstrip("/"), token or ""
+
+
 class ApiClient:
     def __init__(self, base: str | None = None, token: str | None = None, timeout: float = 30.0):
-        self.base = (base or os.environ.get("IDUFLEET_API") or DEFAULT_API).rstrip("/")
-        self.token = token if token is not None else os.environ.get("IDUFLEET_API_TOKEN", "")
+        self.base, self.token = resolve(base, token)
         self.timeout = timeout
 
     def request(
@@ -42,12 +64,16 @@ class ApiClient:
                 msg = json.loads(e.read()).get("error", e.reason)
             except (ValueError, AttributeError):
                 msg = e.reason
-            hint = " (set IDUFLEET_API_TOKEN)" if e.code in (401, 403) else ""
+            hint = (
+                " (pass --token, set IDUFLEET_API_TOKEN, or put [cli] token in the config)"
+                if e.code == 401
+                else ""
+            )
             raise CliError(f"controller said {e.code}: {msg}{hint}") from None
         except (urllib.error.URLError, OSError) as e:
             raise CliError(
                 f"cannot reach the controller API at {self.base} ({e}); is `idufleet serve` "
-                "running? pass --api or set IDUFLEET_API"
+                "running? pass --api, set IDUFLEET_API, or put [cli] api in the config"
             ) from None
 
     def get(self, path: str, **params: Any) -> Any:

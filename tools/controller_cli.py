@@ -6,9 +6,10 @@ import click
 
 from tools.demo import demo
 from tools.fleet_cmds import command, devices, metrics, quarantine
-from tools.serve_cmds import device_group, serve
+from tools.serve_cmds import device_group, init_cmd, serve
 
 CONTROLLER_COMMANDS: list[click.Command] = [
+    init_cmd,
     serve,
     device_group,
     devices,

@@ -225,11 +225,14 @@ async def run_demo(
         api=ApiConfig(port=api_port, token=token),
         log=LogConfig(level="warning"),
     )
-    (workdir / "idufleet.toml").write_text(
+    conf = workdir / "idufleet.toml"
+    conf.touch(mode=0o600)  # it holds the demo's bootstrap token
+    conf.write_text(
         "# written by `idufleet demo`; serve its data again with `idufleet serve --config` this\n"
         f'[mqtt]\nport = {mqtt_port}\nclient_id = "idufleet-demo"\n\n'
         f'[store]\nbackend = "sqlite"\npath = "{workdir / "idufleet.sqlite"}"\n\n'
-        f'[keys]\nmaster_key_file = "{workdir / "master.key"}"\n\n[api]\nport = {api_port}\n'
+        f'[keys]\nmaster_key_file = "{workdir / "master.key"}"\n\n'
+        f'[api]\nport = {api_port}\ntoken = "{token}"\n'
     )
     started = Started()
     master = load_master(cfg.keys, create=True)
@@ -369,8 +372,8 @@ def demo(seconds: float, n_devices: int, interval: int, workdir: Path, as_json: 
   broker log: {workdir}/mosquitto.log
 
 [bold]Query it[/]
-  .venv/bin/idufleet serve --config {workdir}/idufleet.toml &  # API on port {summary["api_port"]}
-  export IDUFLEET_API=http://127.0.0.1:{summary["api_port"]}
+  export IDUFLEET_CONFIG={workdir}/idufleet.toml  # serve and the CLI both find it (and its token)
+  .venv/bin/idufleet serve &  # API on port {summary["api_port"]}
   .venv/bin/idufleet devices
   .venv/bin/idufleet metrics --zone ribeira --metric clients --hourly --since 2h
   .venv/bin/idufleet metrics ap-baixa-1 --metric clients --since 10m

@@ -14,12 +14,9 @@ from rich.table import Table
 from protocol import messages as M
 from tools.api_client import ApiClient
 from tools.errors import CliError
+from tools.options import api_option
 
-_api_option = click.option(
-    "--api",
-    default=None,
-    help="Controller API URL (default $IDUFLEET_API or http://127.0.0.1:8080).",
-)
+_api_option = api_option
 
 
 def _ago(ts: float | None) -> str:
@@ -152,7 +149,7 @@ def command(
     ttl: int,
     wait: float,
 ) -> None:
-    """Send a signed command to DEVICE and wait for its ACK (needs IDUFLEET_API_TOKEN)."""
+    """Send a signed command to DEVICE and wait for its ACK (needs an operator's token)."""
     args: dict[str, Any] = {}
     if op == "set-config":
         if interval is not None:

@@ -74,3 +74,25 @@ def read_wifi(ssid: str | None, password_file: Path | None) -> dict[str, Any] | 
         return wifi_block(ssid, pw.rstrip("\r\n") or None)
     except ControllerError as e:
         raise CliError(str(e)) from None
+
+
+def api_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--api: the controller's API URL (every command that talks to a controller spells it so)."""
+    return click.option(
+        "--api",
+        "--controller",  # the old spelling of provision / rotate-key / revoke, kept working
+        "api",
+        default=None,
+        help="Controller API URL (default: $IDUFLEET_API, then the config's [cli] api, then "
+        "http://<api.host>:<api.port> from the config).",
+    )(f)
+
+
+def token_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--token: the bearer token (an operator's, or api.token)."""
+    return click.option(
+        "--token",
+        default=None,
+        help="Operator token (default: $IDUFLEET_API_TOKEN, then the config's [cli] token, "
+        "then its api.token).",
+    )(f)

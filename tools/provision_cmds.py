@@ -32,7 +32,14 @@ from protocol import ProtocolError
 from protocol.topics import check_id
 from tools.api_client import ApiClient
 from tools.errors import CliError
-from tools.options import BROKER_DIR, dir_option, read_wifi, wifi_options
+from tools.options import (
+    BROKER_DIR,
+    api_option,
+    dir_option,
+    read_wifi,
+    token_option,
+    wifi_options,
+)
 from tools.release_cmds import release_key_option
 
 CLAIM_CREDENTIALS = "claim.json"  # beside credentials.json: the bootstrap account's password
@@ -102,23 +109,23 @@ def _broker_port(broker_dir: Path, given: int | None) -> int:
 
 
 def _load_config(config_path: Path | None) -> Any:
-    from controller.config import load
+    from controller.config import discover
 
     try:
-        return load(config_path)
+        return discover(config_path)[0]
     except ControllerError as e:
         raise CliError(str(e)) from None
 
 
 def _store_and_master(config_path: Path | None) -> tuple[Any, Any]:
-    from controller.config import load
+    from controller.config import discover
     from controller.keys import load_master
     from controller.store import open_store
 
     try:
-        cfg = load(config_path)
+        cfg = discover(config_path)[0]
         master = load_master(cfg.keys, create=False)
-        return open_store(cfg.store), master
+        return open_store(cfg.store, create=False), master
     except ControllerError as e:
         raise CliError(str(e)) from None
 
@@ -255,13 +262,9 @@ def claim_serve(
     config_path: Path | None, broker_dir: Path, broker_host: str, metrics_port: int | None
 ) -> None:
     """Answer claim requests until SIGTERM/SIGINT (uses the controller's MQTT account)."""
-    from controller.config import load
     from controller.provisioning.claim_service import ClaimCounters, ClaimResponder, ClaimService
 
-    try:
-        cfg = load(config_path)
-    except ControllerError as e:
-        raise CliError(str(e)) from None
+    cfg = _load_config(config_path)
     store, master = _store_and_master(config_path)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -297,8 +300,8 @@ def claim_serve(
 @click.option("--kind", type=click.Choice(["ap", "sensor"]), default="ap", show_default=True)
 @click.option("--site", default="porto", show_default=True)
 @click.option("--board", "board_name", default="esp32", show_default=True)
-@click.option("--controller", "api", default=None, help="Controller API URL (IDUFLEET_API).")
-@click.option("--token", default=None, help="Operator token (IDUFLEET_API_TOKEN).")
+@api_option
+@token_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -353,7 +356,11 @@ def provision(
         raise click.UsageError("an esp32 joins Wi-Fi: add --wifi-ssid (the password is asked)")
     wifi = read_wifi(wifi_ssid, wifi_password_file)  # asked before anything is created
     client = ApiClient(api, token)
-    problem = zone_problem(zone, client.get("/api/zones")["zones"])
+    try:
+        zones = client.get("/api/zones")["zones"]
+    except CliError as e:  # a wrong token or an unreachable controller: nothing made yet
+        raise CliError(f"{e}; nothing was registered") from None
+    problem = zone_problem(zone, zones)
     if problem is not None:  # asked first: nothing is created for a zone the controller refuses
         raise CliError(f"{problem}; nothing was registered")
     bport = _broker_port(broker_dir, broker_port)
@@ -431,8 +438,8 @@ def _undo_account(
 # --------------------------------------------------------------------------- rotate / revoke
 @click.command("rotate-key")
 @click.argument("device_id")
-@click.option("--controller", "api", default=None, help="Controller API URL (IDUFLEET_API).")
-@click.option("--token", default=None, help="Operator token (IDUFLEET_API_TOKEN).")
+@api_option
+@token_option
 @click.option("--grace", type=float, default=60.0, show_default=True, help="Old key valid (s).")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Wait for the ACK.")
 def rotate_key(
@@ -449,8 +456,8 @@ def rotate_key(
 
 @click.command("revoke")
 @click.argument("device_id")
-@click.option("--controller", "api", default=None, help="Controller API URL (IDUFLEET_API).")
-@click.option("--token", default=None, help="Operator token (IDUFLEET_API_TOKEN).")
+@api_option
+@token_option
 @_broker_dir_option
 @_broker_host_option
 @click.option("--no-broker-account", is_flag=True, help="Broker without accounts (demo).")

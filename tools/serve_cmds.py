@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from controller import registry
-from controller.config import Config, load
+from controller.config import Config, discover
 from controller.errors import ControllerError
 from controller.keys import load_master
 from controller.logs import setup
@@ -31,10 +31,42 @@ _config_option = click.option(
 
 
 def _load(config_path: Path | None) -> Config:
+    """The config by the one discovery rule (controller.config.find); refuses, with the fix,
+    when there is none, so a forgotten --config never opens a second registry."""
     try:
-        return load(config_path)
+        return discover(config_path)[0]
     except ControllerError as e:
         raise CliError(str(e)) from None
+
+
+def _init(cfg: Config, create_dirs: bool) -> list[str]:
+    """Create what is missing of the master key file and the SQLite store: folders 0700, files
+    0600. Refuses a parent folder that does not exist unless create_dirs (a typo in store.path
+    would otherwise make a fresh registry somewhere unexpected). Returns what was created."""
+    made: list[str] = []
+    wanted = [] if cfg.keys.master_key else [Path(cfg.keys.master_key_file)]
+    if cfg.store.backend == "sqlite":
+        wanted.append(Path(cfg.store.path))
+    for path in wanted:
+        if not path.parent.is_dir():
+            if not create_dirs:
+                raise CliError(
+                    f"folder {path.parent} does not exist; fix the path in the config or pass "
+                    "--create-dirs to create it (mode 0700)"
+                )
+            path.parent.mkdir(mode=0o700, parents=True)
+            made.append(f"{path.parent}/ (0700)")
+    key_file = Path(cfg.keys.master_key_file)
+    if not cfg.keys.master_key and not key_file.exists():
+        load_master(cfg.keys, create=True)
+        made.append(f"{key_file} (0600)")
+    db = Path(cfg.store.path)
+    new_db = cfg.store.backend == "sqlite" and not db.exists()
+    open_store(cfg.store).close()
+    if new_db:
+        db.chmod(0o600)
+        made.append(f"{db} (0600)")
+    return made
 
 
 async def _serve(cfg: Config) -> None:
@@ -47,11 +79,31 @@ async def _serve(cfg: Config) -> None:
     await ctl.run()
 
 
+_create_dirs_option = click.option(
+    "--create-dirs", is_flag=True, help="Create missing parent folders of the store and key (0700)."
+)
+
+
+@click.command("init")
+@_config_option
+@_create_dirs_option
+def init_cmd(config_path: Path | None, create_dirs: bool) -> None:
+    """Create the config's master key and store if they do not exist (the only command that
+    does): folders 0700, files 0600."""
+    cfg = _load(config_path)
+    try:
+        made = _init(cfg, create_dirs)
+    except ControllerError as e:
+        raise CliError(str(e)) from None
+    click.echo("created " + ", ".join(made) if made else "nothing to create: all present")
+
+
 @click.command("serve")
 @_config_option
-@click.option("--init", is_flag=True, help="Create the master key file if it does not exist.")
+@click.option("--init", is_flag=True, help="First run `idufleet init` (master key and store).")
+@_create_dirs_option
 @click.option("--check", is_flag=True, help="Validate the config, print it (secrets hidden), exit.")
-def serve(config_path: Path | None, init: bool, check: bool) -> None:
+def serve(config_path: Path | None, init: bool, create_dirs: bool, check: bool) -> None:
     """Run the fleet controller until SIGTERM/SIGINT (then flush and disconnect cleanly)."""
     cfg = _load(config_path)
     if check:
@@ -59,7 +111,11 @@ def serve(config_path: Path | None, init: bool, check: bool) -> None:
         return
     setup(cfg.log.level, cfg.log.json)
     try:
-        load_master(cfg.keys, create=init)
+        if init:
+            _init(cfg, create_dirs)
+        load_master(cfg.keys, create=False)
+        if cfg.store.backend == "sqlite":
+            open_store(cfg.store, create=False).close()
         asyncio.run(_serve(cfg))
     except ControllerError as e:
         raise CliError(str(e)) from None
@@ -113,8 +169,8 @@ def device_add(
         tag_map[k] = v
     try:
         registry.check_zone(zone, cfg.fleet.zones)  # before the master key or store is touched
-        master = load_master(cfg.keys, create=True)
-        store = open_store(cfg.store)
+        master = load_master(cfg.keys, create=False)
+        store = open_store(cfg.store, create=False)
         try:
             new = registry.create_device(
                 store, master, device_id, site, zone, kind, tag_map, zones=cfg.fleet.zones
@@ -142,7 +198,7 @@ def device_add(
 def _set_status(config_path: Path | None, device_id: str, enable: bool) -> None:
     cfg = _load(config_path)
     try:
-        store = open_store(cfg.store)
+        store = open_store(cfg.store, create=False)
         try:
             (registry.enable_device if enable else registry.disable_device)(store, device_id)
         finally:

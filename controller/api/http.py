@@ -1,12 +1,13 @@
 """The JSON HTTP API (aiohttp) and Prometheus /metrics. Handlers get one narrow object, `ApiOps`
 (the Fleet service, a health snapshot, the metrics registry, the API settings); they parse,
 call it, and answer. Every error is {"error": message, "code": reason} from one place
-(`error`), and one middleware checks the operator token on every write (non-GET) route. Reads
-are open (the API binds to loopback by default); writes are refused when no token is set."""
+(`error`), and one middleware (`auth`) checks the bearer token and the role every route needs
+(ROUTE_ROLES, beside make_app) and records every change in the audit log (ACTIONS). Only /health
+is open, and /metrics when api.metrics_open is set."""
 
 from __future__ import annotations
 
-import hmac
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -18,8 +19,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from controller.config import ApiConfig
 from controller.domain.rotation import ACK_TIMEOUT_S, GRACE_S
-from controller.errors import ControllerError, RegistryError, StoreError, StoreUnavailable
+from controller.errors import (
+    ControllerError,
+    OperatorError,
+    RegistryError,
+    StoreError,
+    StoreUnavailable,
+)
 from controller.fleet import Fleet
+from controller.operators import ROLES, Operators, Principal
 from protocol import metrics as pm
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -47,9 +55,11 @@ class ApiOps:
     cfg: ApiConfig
     zones: tuple[str, ...]
     quarantine: QuarantineOps
+    operators: Operators
 
 
 OPS: web.AppKey[ApiOps] = web.AppKey("ops")
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # set by `auth`
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -75,6 +85,37 @@ def _bad(message: str) -> web.HTTPException:
     return error(web.HTTPBadRequest, message)
 
 
+PUBLIC = "public"  # no token: /health only
+METRICS = "metrics"  # public when api.metrics_open, else a viewer's
+
+
+def _unauthorized(message: str) -> web.HTTPException:
+    return error(
+        web.HTTPUnauthorized, message, "unauthorized", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def _target(request: web.Request, body: Any) -> str | None:
+    m = request.match_info
+    if "id" in m:
+        return m["id"]
+    if "name" in m:
+        return m["name"]
+    if isinstance(body, dict):
+        for k in ("id", "name"):
+            if k in body:
+                return str(body[k])
+    return None
+
+
+async def _body(request: web.Request) -> Any:
+    """The request's JSON body for the audit row (aiohttp keeps it once read): {} if none."""
+    try:
+        return await request.json() if request.body_exists else {}
+    except ValueError:
+        return {}
+
+
 @web.middleware
 async def store_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A store failure on any route is the one error shape too: 503 while the store is
@@ -93,24 +134,57 @@ async def store_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every write route (any method but GET/HEAD) needs `Authorization: Bearer <api.token>`."""
-    if request.method not in ("GET", "HEAD"):
-        token = request.app[OPS].cfg.token
-        if not token:
-            raise error(
-                web.HTTPForbidden,
-                "write endpoints are off: set api.token to enable them",
-                "writes_off",
-            )
-        got = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
-            raise error(
-                web.HTTPUnauthorized,
-                "send Authorization: Bearer <api.token>",
-                "unauthorized",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-    return await handler(request)
+    """The API's one access check and one audit point. Every route has a minimum role in
+    ROUTE_ROLES (a route missing there is refused: fail closed); the bearer token names the
+    principal (an operator, or api.token as the bootstrap admin). Every request to a route in
+    ACTIONS is recorded once, after the handler ran, with its result, through Operators.record
+    (which also logs it), so no handler writes audit rows by hand."""
+    route = request.match_info.route
+    if route.resource is None:  # no such route: let aiohttp answer 404/405
+        return await handler(request)
+    method = "GET" if request.method == "HEAD" else request.method
+    key = (method, route.resource.canonical)
+    ops = request.app[OPS]
+    needed = ROUTE_ROLES.get(key)
+    if needed is None:
+        raise error(web.HTTPInternalServerError, f"route {key} has no role", "no_role")
+    if needed == PUBLIC or (needed == METRICS and ops.cfg.metrics_open):
+        return await handler(request)
+    if needed == METRICS:
+        needed = "viewer"
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    who = await ops.operators.authenticate(token.strip()) if scheme == "Bearer" else None
+    if who is None:
+        raise _unauthorized(
+            "send Authorization: Bearer <token>: an operator token from `idufleet operator "
+            "add`, or the config's api.token"
+        )
+    request[PRINCIPAL] = who
+    action = ACTIONS.get(key)
+    if not who.may(needed):
+        if action is not None:
+            body = await _body(request)
+            await ops.operators.record(who, action, _target(request, body), body, "denied")
+        raise error(
+            web.HTTPForbidden,
+            f"{who.name} is a {who.role}; this needs the {needed} role (ask an admin)",
+            "forbidden",
+        )
+    if action is None:
+        return await handler(request)
+    result = "error"
+    try:
+        resp = await handler(request)
+        result = "ok"
+        return resp
+    except web.HTTPException as e:
+        result = f"error {e.status}"
+        with contextlib.suppress(ValueError):
+            result += " " + str(json.loads(e.text or "{}").get("code", ""))
+        raise
+    finally:
+        body = await _body(request)
+        await ops.operators.record(who, action, _target(request, body), body, result.strip())
 
 
 def _bool(v: str | None) -> bool | None:
@@ -326,6 +400,83 @@ async def query_metrics(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
+async def add_operator(request: web.Request) -> web.Response:
+    """POST /api/operators {name, role}: 201 with the token, shown this once."""
+    try:
+        body = await request.json()
+        name, role = str(body["name"]), str(body["role"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise _bad(f"send JSON with name and role ({', '.join(ROLES)}): {e}") from None
+    who = request[PRINCIPAL]
+    try:
+        rec, token = await request.app[OPS].operators.add(name, role, who)
+    except OperatorError as e:
+        raise error(web.HTTPBadRequest, str(e), e.code) from None
+    return web.json_response({**rec.public(), "token": token}, status=201)
+
+
+async def list_operators(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[OPS].operators.accounts())
+
+
+async def revoke_operator(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        await request.app[OPS].operators.revoke(name)
+    except OperatorError as e:
+        raise error(web.HTTPNotFound, str(e), e.code) from None
+    return web.json_response({"name": name, "state": "revoked"})
+
+
+async def audit_log(request: web.Request) -> web.Response:
+    """GET /api/audit?since=&who=&limit=: audit rows, oldest first."""
+    try:
+        since = parse_time(request.query.get("since"), 0.0)
+        limit = int(request.query.get("limit", "1000"))
+    except ValueError as e:
+        raise _bad(f"since is unix seconds or like 6h; limit an integer ({e})") from None
+    rows = await request.app[OPS].operators.audit(since, request.query.get("who"), limit)
+    return web.json_response(rows)
+
+
+# The minimum role of every route (method, path): the auth middleware refuses a route missing
+# here, and tests/controller/test_operators.py fails for one. viewer reads; operator acts on
+# devices without changing who they are (commands; later rollouts and jobs); admin provisions,
+# rotates, revokes and manages operators.
+ROUTE_ROLES: dict[tuple[str, str], str] = {
+    ("GET", "/health"): PUBLIC,
+    ("GET", "/metrics"): METRICS,
+    ("GET", "/api/devices"): "viewer",
+    ("POST", "/api/devices"): "admin",
+    ("GET", "/api/devices/{id}"): "viewer",
+    ("POST", "/api/devices/{id}/disable"): "admin",
+    ("POST", "/api/devices/{id}/enable"): "admin",
+    ("POST", "/api/devices/{id}/commands"): "operator",
+    ("POST", "/api/devices/{id}/rotate-key"): "admin",
+    ("GET", "/api/commands/{epoch}/{seq}"): "viewer",
+    ("GET", "/api/zones"): "viewer",
+    ("GET", "/api/presence"): "viewer",
+    ("GET", "/api/metrics"): "viewer",
+    ("GET", "/api/operators"): "admin",
+    ("POST", "/api/operators"): "admin",
+    ("POST", "/api/operators/{name}/revoke"): "admin",
+    ("GET", "/api/audit"): "admin",
+    ("GET", "/api/quarantine"): "viewer",
+    ("POST", "/api/quarantine/replay"): "operator",
+}
+# The audit action of every route that changes something (every non-GET route must have one).
+ACTIONS: dict[tuple[str, str], str] = {
+    ("POST", "/api/devices"): "device.register",
+    ("POST", "/api/devices/{id}/disable"): "device.disable",
+    ("POST", "/api/devices/{id}/enable"): "device.enable",
+    ("POST", "/api/devices/{id}/commands"): "device.command",
+    ("POST", "/api/devices/{id}/rotate-key"): "device.rotate_key",
+    ("POST", "/api/operators"): "operator.add",
+    ("POST", "/api/operators/{name}/revoke"): "operator.revoke",
+    ("POST", "/api/quarantine/replay"): "quarantine.replay",
+}
+
+
 def make_app(ops: ApiOps) -> web.Application:
     """Every route of the API, in one table."""
     app = web.Application(middlewares=[store_errors, auth])
@@ -346,6 +497,10 @@ def make_app(ops: ApiOps) -> web.Application:
     r.add_get("/api/metrics", query_metrics)
     r.add_get("/api/quarantine", list_quarantine)
     r.add_post("/api/quarantine/replay", replay_quarantine)
+    r.add_get("/api/operators", list_operators)
+    r.add_post("/api/operators", add_operator)
+    r.add_post("/api/operators/{name}/revoke", revoke_operator)
+    r.add_get("/api/audit", audit_log)
     return app
 
 

@@ -7,7 +7,9 @@ from controller.config import StoreConfig
 from controller.store.base import DeviceRecord, Store
 
 
-def open_store(cfg: StoreConfig, migrate: bool = True) -> Store:
+def open_store(cfg: StoreConfig, migrate: bool = True, create: bool = True) -> Store:
+    """Open (and migrate) the store. create=False refuses a SQLite file that does not exist yet,
+    with the fix: only `idufleet init` / `serve --init` (and the running service) make one."""
     if cfg.backend == "postgres":
         from controller.store.postgres import PostgresStore
 
@@ -15,7 +17,7 @@ def open_store(cfg: StoreConfig, migrate: bool = True) -> Store:
     else:
         from controller.store.sqlite import SqliteStore
 
-        store = SqliteStore(cfg.path)
+        store = SqliteStore(cfg.path, create=create)
     if migrate:
         store.migrate()
     return store

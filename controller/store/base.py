@@ -13,6 +13,7 @@ one transaction serve them all):
 | rollups.py | rollup deltas, `compact_rollups`, `hourly`, `latest` (the merge rule's SQL) |
 | commands.py | command epoch, commands sent, ACKs settling them |
 | claims.py | `TokenRecord`, claim tokens (provisioning issues and decides them) |
+| operators.py | `OperatorRecord`, operator accounts, the append-only audit log |
 | queries.py | raw series, counts, presence transitions, device events |
 | retention.py | `prune_raw` (and each device's pruned mark) |
 | quarantine.py | messages the store refused: keep, list, resolve |
@@ -25,14 +26,15 @@ from __future__ import annotations
 
 from controller.store.claims import Claims
 from controller.store.devices import DeviceRecord, Devices
+from controller.store.operators import OperatorRecord, Operators
 from controller.store.quarantine import Quarantine, Quarantined
 from controller.store.queries import Queries
 from controller.store.retention import Retention
 from controller.store.writes import Writes, device_update_rows
 
 
-class Store(Devices, Writes, Queries, Claims, Retention, Quarantine):
+class Store(Devices, Writes, Queries, Claims, Operators, Retention, Quarantine):
     """One connection to the IDU store. Not thread-safe: use it from one thread at a time."""
 
 
-__all__ = ["DeviceRecord", "Quarantined", "Store", "device_update_rows"]
+__all__ = ["DeviceRecord", "OperatorRecord", "Quarantined", "Store", "device_update_rows"]

@@ -221,6 +221,34 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE device_events ADD COLUMN approx INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE devices ADD COLUMN anchors TEXT",
     ],
+    # 7: reserved for the delivery-confirmation work (issue 10 items 1 and 3) landing beside
+    # this one; the merge puts its statements here.
+    [],
+    # 8: operator accounts and the audit log (store/operators.py, controller/operators.py).
+    # `token_hash` is HMAC-SHA256 of the bearer token under a key derived from the master key
+    # (the token itself is never stored). `audit` is append-only: nothing updates or deletes
+    # its rows; `args` is JSON without secrets.
+    [
+        """CREATE TABLE operators (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            created DOUBLE PRECISION NOT NULL,
+            created_by TEXT NOT NULL,
+            revoked_at DOUBLE PRECISION
+        )""",
+        """CREATE TABLE audit (
+            id {serial},
+            ts DOUBLE PRECISION NOT NULL,
+            who TEXT NOT NULL,
+            role TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            args TEXT NOT NULL DEFAULT '{{}}',
+            result TEXT NOT NULL
+        )""",
+        "CREATE INDEX audit_ts ON audit (ts)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

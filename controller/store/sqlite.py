@@ -17,8 +17,13 @@ class SqliteStore(Store):
     backend = "sqlite"
     ROLLUP_DELTAS = False  # see Store.ROLLUP_DELTAS: the direct upsert is cheaper here
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StoreError(
+                f"no store at {self.path}: check store.path in the config, or create it with "
+                "`idufleet init`"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(

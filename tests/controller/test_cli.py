@@ -23,8 +23,10 @@ IDUFLEET = str(Path(sys.executable).parent / "idufleet")
 
 def env_for(tmp: Path, broker_port: int, api_port: int) -> dict[str, str]:
     env = dict(os.environ)
+    (tmp / "idufleet.toml").write_text("# everything from IDUFLEET_* below\n")
     env.update(
         {
+            "IDUFLEET_CONFIG": str(tmp / "idufleet.toml"),
             "IDUFLEET_MQTT_PORT": str(broker_port),
             "IDUFLEET_MQTT_CLIENT_ID": "ctl-cli",
             "IDUFLEET_STORE_PATH": str(tmp / "idu.sqlite"),
@@ -70,6 +72,7 @@ def stored(tmp: Path) -> int:
 def test_serve_cli_and_crash_safety(tmp_path: Path, broker: Broker) -> None:
     env = env_for(tmp_path, broker.port, free_port())
     bundle = tmp_path / "flash" / "config.json"
+    assert run(env, "init").returncode == 0
     r = run(env, "device", "add", "ap-1", "--zone", "ribeira", "--kind", "ap", "--bundle",
             str(bundle), "--broker-port", str(broker.port))  # fmt: skip
     assert r.returncode == 0, r.stderr

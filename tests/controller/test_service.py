@@ -51,26 +51,31 @@ def test_reports_presence_and_api(
         for i in range(20):
             d0.report({16: i, 57: 2000 + i})
         ct.wait(lambda c: c.metrics.stored._value.get() >= 21, what="21 stored")
-        status, devs = http(ct.url + "/api/devices")
+        status, devs = http(ct.url + "/api/devices", token="secret-token")
         assert status == 200 and [d["id"] for d in devs] == ["dev-0", "dev-1"]
         assert devs[0]["online"] is True and devs[1]["online"] is False
-        status, q = http(ct.url + "/api/metrics?device=dev-0&metric=clients&since=1h")
+        status, q = http(
+            ct.url + "/api/metrics?device=dev-0&metric=clients&since=1h", token="secret-token"
+        )
         assert status == 200 and [p["value"] for p in q["points"]] == list(map(float, range(20)))
         status, q = http(
-            ct.url + "/api/metrics?zone=ribeira&metric=temperature&resolution=hour&since=2h"
+            ct.url + "/api/metrics?zone=ribeira&metric=temperature&resolution=hour&since=2h",
+            token="secret-token",
         )
         pts = q["points"]  # one hour, or two when the test straddles an hour boundary
         assert sum(p["count"] for p in pts) == 20 and max(p["max"] for p in pts) == 20.19
-        status, detail = http(ct.url + "/api/devices/dev-0")
+        status, detail = http(ct.url + "/api/devices/dev-0", token="secret-token")
         assert detail["firmware"] == "sim-1.0" and detail["latest"]["clients"]["value"] == 19.0
         # the broker publishes the reserved DEATH will when the device vanishes
         d0.drop()
         ct.wait(lambda c: not c.core.devices["dev-0"].presence.online, 20, "offline after will")
         # the API reads the store: the offline event is there once the next batch has committed
         wait_for(
-            lambda: len(http(ct.url + "/api/presence?device=dev-0")[1]) >= 2, 5, "offline stored"
+            lambda: len(http(ct.url + "/api/presence?device=dev-0", token="secret-token")[1]) >= 2,
+            5,
+            "offline stored",
         )
-        status, pres = http(ct.url + "/api/presence?device=dev-0")
+        status, pres = http(ct.url + "/api/presence?device=dev-0", token="secret-token")
         assert [(p["state"], p["reason"]) for p in pres] == [
             ("online", "birth"),
             ("offline", "death-lost"),
@@ -97,7 +102,10 @@ def test_reports_presence_and_api(
         assert n1.commands[0].body[0] == 1  # OP_PING
         status, h = http(ct.url + "/health")
         assert h["mqtt_connected"] and h["devices"] == 3
-        with urllib.request.urlopen(ct.url + "/metrics") as r:
+        assert http(ct.url + "/api/devices")[0] == 401  # reads need a token too
+        req = urllib.request.Request(ct.url + "/metrics")
+        req.add_header("Authorization", "Bearer secret-token")
+        with urllib.request.urlopen(req) as r:
             text = r.read().decode()
         assert "idufleet_messages_stored_total" in text
         n1.close()
