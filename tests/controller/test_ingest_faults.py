@@ -114,7 +114,7 @@ def test_poison_message_is_quarantined_and_ingest_goes_on(
             )
             == 1
         )
-        status, rows = http(ct.url + "/api/quarantine")
+        status, rows = http(ct.url + "/api/quarantine", token=TOKEN)
         assert status == 200 and len(rows) == 1
         q = rows[0]
         assert (q["topic"], q["payload_hex"], q["device"]) == (topic, poison.hex(), "dev-0")
@@ -122,25 +122,29 @@ def test_poison_message_is_quarantined_and_ingest_goes_on(
         assert metric(ct, "idufleet_messages_rejected_total", {"reason": "bad_field"}) == 1
         assert metric(ct, "idufleet_messages_rejected_total", {"reason": "bad_type"}) == 1
         # the CLI reads the same list through the API
-        out = CliRunner().invoke(cli, ["quarantine", "list", "--json", "--api", ct.url])
+        out = CliRunner(env={"IDUFLEET_API_TOKEN": TOKEN}).invoke(
+            cli, ["quarantine", "list", "--json", "--api", ct.url]
+        )
         assert out.exit_code == 0 and '"payload_hex": "' + poison.hex() in out.output
         # a replay before any fix fails again: still quarantined, the attempt counted
         status, res = http(ct.url + "/api/quarantine/replay", {}, token=TOKEN)
         assert status == 200 and res["failed"]["ids"] == [q["id"]]
-        assert http(ct.url + "/api/quarantine")[1][0]["attempts"] == 2
+        assert http(ct.url + "/api/quarantine", token=TOKEN)[1][0]["attempts"] == 2
         # a quarantined message the store can hold (as after a fix) is stored by a replay
         t2, good = d.build(M.REPORT, {16: 99})
         now = time.time()
         assert ct.ctl is not None
         db = ct.ctl.db
         ct.call(lambda: db.call(lambda s: s.quarantine([("dev-0", t2, good, "x", now)], now)))
-        ids = [r["id"] for r in http(ct.url + "/api/quarantine")[1] if r["topic"] == t2]
+        ids = [
+            r["id"] for r in http(ct.url + "/api/quarantine", token=TOKEN)[1] if r["topic"] == t2
+        ]
         out = CliRunner(env={"IDUFLEET_API_TOKEN": TOKEN}).invoke(
             cli, ["quarantine", "replay", str(ids[0]), "--api", ct.url]
         )
         assert out.exit_code == 0 and "stored: 1" in out.output, out.output
         assert count(store_cfg, "messages") == 82
-        assert [r["id"] for r in http(ct.url + "/api/quarantine")[1]] == [q["id"]]
+        assert [r["id"] for r in http(ct.url + "/api/quarantine", token=TOKEN)[1]] == [q["id"]]
         assert health(ct)[0] == 200
     finally:
         ct.stop()
@@ -273,7 +277,7 @@ def test_postgres_backends_terminated_at_idle_and_under_load(
         ct.wait(lambda c: c.metrics.stored._value.get() >= 1, what="BIRTH stored")
         # idle: the next API read reopens the connection and answers
         assert postgres.terminate_backends() >= 1
-        status, devs = http(ct.url + "/api/devices")
+        status, devs = http(ct.url + "/api/devices", token=TOKEN)
         assert status == 200 and devs[0]["id"] == "dev-0"
         # under load: killed twice while reports stream in, then once more with traffic after
         n = 1500
@@ -284,7 +288,7 @@ def test_postgres_backends_terminated_at_idle_and_under_load(
             postgres.terminate_backends()
         pub.join(60)
         # the connection is reopened lazily, by the next store call: make one, then cut it
-        assert http(ct.url + "/api/devices")[0] == 200
+        assert http(ct.url + "/api/devices", token=TOKEN)[0] == 200
         assert postgres.terminate_backends() >= 1
         for i in range(50):
             d.report({16: i})
