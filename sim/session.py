@@ -293,6 +293,7 @@ async def _run(
         summary[f"{k}_rss_mb"] = round(rss / 2**20, 1)
         summary[f"{k}_peak_rss_mb"] = round(hwm / 2**20, 1)
     summary["sim_peak_rss_mb"] = round(_self_hwm() / 2**20, 1)
+    summary["sim_cpu_s"] = round(time.process_time(), 2)
 
 
 def _self_hwm() -> int:
