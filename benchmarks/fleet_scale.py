@@ -10,6 +10,7 @@ be read as model cost + I/O cost.
     .venv/bin/python benchmarks/fleet_scale.py --quick     # 1,000 devices, 60 s, < 3 minutes
     .venv/bin/python benchmarks/fleet_scale.py             # 10,000 devices, 30 s interval, 400 s
     .venv/bin/python benchmarks/fleet_scale.py --accounts 10000   # broker accounts only
+    .venv/bin/python benchmarks/fleet_scale.py --max-fleet 12000,15000,19700   # bounded ramp
 
 `--accounts N` measures only the broker accounts: N written into the initial dynsec document
 (write, file size, cold broker start, one login), then what one more device costs through
@@ -61,6 +62,10 @@ class LoadAvg:
 
     def sample(self) -> None:
         self.samples.append(os.getloadavg()[0])
+
+    def on_frame(self, s: Any) -> None:
+        if int(s.t) % 10 == 0:
+            self.sample()
 
     def summary(self) -> dict[str, float]:
         xs = self.samples or [os.getloadavg()[0]]
@@ -115,6 +120,67 @@ def accounts_cost(n: int, extra: int = 20) -> dict[str, Any]:
     }
 
 
+MAX_FLEET_KEEP = (
+    "devices", "connected", "connected_at_end", "connect_s", "connect_errors", "sent",
+    "stored", "duplicates", "sim_cpu_s", "sim_peak_rss_mb", "broker_peak_rss_mb",
+    "broker_cpu_s", "controller_peak_rss_mb", "controller_cpu_s", "provision_s", "wall_s",
+)  # fmt: skip
+
+
+def max_fleet(steps: list[int], hold: float, interval: int) -> None:
+    """Bounded ramp: one run per fleet size (own stack, no restart, `hold` seconds), one JSON
+    line each, then the limits of this machine: file descriptors, ephemeral ports, memory."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for n in steps:
+        load = LoadAvg()
+        t0 = time.monotonic()
+        rc = RunConfig(
+            devices=n,
+            kind="mix",
+            zones=("ribeira", "baixa", "boavista", "campanha", "foz"),
+            interval=interval,
+            duration=hold,
+            behaviour=Behaviour(interval=interval),
+        )
+
+        try:
+            out = asyncio.run(simulate(rc, load.on_frame))
+        except Exception as e:  # the refusal (or failure) is the measurement at this size
+            out = {"devices": n, "error": str(e)[:300]}
+        out["wall_s"] = round(time.monotonic() - t0, 1)
+        line = {k: out.get(k) for k in MAX_FLEET_KEEP if k in out}
+        if "error" in out:
+            line["error"] = out["error"]
+        line["mem_available_mb"] = _mem_available_mb()
+        line["load_1m"] = load.summary()
+        print(json.dumps({"bench": "fleet_scale_max_step", **line}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "fleet_scale_max",
+                "steps": steps,
+                "hold_s": hold,
+                "interval": interval,
+                "nofile_soft_hard": [soft, hard],
+                "fd_bound_devices": hard - 256,
+                "ephemeral_ports": hi - lo + 1,
+                "mem_total_mb": _mem_available_mb("MemTotal"),
+                "cores": os.cpu_count(),
+            }
+        )
+    )
+
+
+def _mem_available_mb(key: str = "MemAvailable") -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1,000 devices, 60 s, one restart")
@@ -123,7 +189,16 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=None)
     ap.add_argument("--restart-at", type=float, default=None, help="seconds after start")
     ap.add_argument("--accounts", type=int, default=None, help="broker accounts only (N)")
+    ap.add_argument(
+        "--max-fleet",
+        default=None,
+        help="bounded ramp, e.g. 12000,15000,19700: one short run per size (--duration, "
+        "default 60 s, no restart)",
+    )
     a = ap.parse_args()
+    if a.max_fleet is not None:
+        max_fleet([int(x) for x in a.max_fleet.split(",")], a.duration or 60.0, a.interval)
+        return
     if a.accounts is not None:
         print(json.dumps(accounts_cost(a.accounts)))
         return

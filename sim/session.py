@@ -24,7 +24,7 @@ from sim import provision as P
 from sim.model import Behaviour, DeviceSpec
 from sim.runner import Fleet, Hooks, Target
 from sim.scenario import Scenario
-from sim.stack import OwnStack, proc_cpu_rss, raise_fd_limit
+from sim.stack import OwnStack, raise_fd_limit
 
 DRAIN_S = 60.0  # after the run: rings empty (devices) and everything stored (controller)
 
@@ -248,7 +248,7 @@ async def _run(
     drained = await fleet.drain(DRAIN_S)
     ours = st.sent + st.births + st.acks + st.events  # every message the broker acked for us
     stored_ok = await _wait_stored(own, api, st.sent, ours, prefix, m0)
-    usage = {k: proc_cpu_rss(p) for k, p in (own.pids().items() if own else [])}
+    usage = own.usage() if own else {}
     connected_at_end = st.connected
     await fleet.stop()
     summary.update(

@@ -97,6 +97,8 @@ class OwnStack:
     # before the broker starts, one file write instead of thousands of control commands
     accounts: Sequence[tuple[str, str, str]] = ()
     timings: dict[str, float] = field(default_factory=dict)
+    past_broker_cpu: float = 0.0  # CPU seconds of broker processes stopped by restarts
+    past_broker_hwm: int = 0
 
     @property
     def api(self) -> str:
@@ -177,12 +179,29 @@ class OwnStack:
         wait_port(self.api_port, self.controller, 30, "the controller", log_path)
 
     def restart_broker(self, down: float) -> None:
-        """SIGTERM (Mosquitto saves its persistence at a clean exit), `down` seconds, start."""
+        """SIGTERM (Mosquitto saves its persistence at a clean exit), `down` seconds, start.
+        The stopped broker's CPU (from the reaped child's rusage, shutdown included) and peak
+        RSS are kept, so usage() covers the whole run, not only the last broker process."""
         if self.broker is not None:
+            _, _, hwm = proc_cpu_rss(self.broker.pid)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             stop_process(self.broker, 30)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            self.past_broker_cpu += (after.ru_utime + after.ru_stime) - (
+                before.ru_utime + before.ru_stime
+            )
+            self.past_broker_hwm = max(self.past_broker_hwm, hwm)
         time.sleep(down)
         self.start_broker()
         self.restarts += 1
+
+    def usage(self) -> dict[str, tuple[float, int, int]]:
+        """(CPU seconds, RSS, peak RSS) of the broker (all its processes so far) and the
+        controller."""
+        out = {k: proc_cpu_rss(p) for k, p in self.pids().items()}
+        cpu, rss, hwm = out.get("broker", (0.0, 0, 0))
+        out["broker"] = (cpu + self.past_broker_cpu, rss, max(hwm, self.past_broker_hwm))
+        return out
 
     def pids(self) -> dict[str, int]:
         out = {}
