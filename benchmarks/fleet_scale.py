@@ -129,14 +129,16 @@ MAX_FLEET_KEEP = (
 
 def max_fleet(steps: list[int], hold: float, interval: int) -> None:
     """Bounded ramp: one run per fleet size (own stack, no restart, `hold` seconds), one JSON
-    line each, then the limits of this machine: file descriptors, ephemeral ports, memory."""
+    line each, then the limits of this machine: file descriptors, ephemeral ports, memory.
+    The steps share one process: sim_peak_rss_mb is the high-water mark so far (ascending
+    steps: the largest's), sim_cpu_s the step's own."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     for n in steps:
         load = LoadAvg()
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         rc = RunConfig(
             devices=n,
             kind="mix",
@@ -151,6 +153,7 @@ def max_fleet(steps: list[int], hold: float, interval: int) -> None:
         except Exception as e:  # the refusal (or failure) is the measurement at this size
             out = {"devices": n, "error": str(e)[:300]}
         out["wall_s"] = round(time.monotonic() - t0, 1)
+        out["sim_cpu_s"] = round(time.process_time() - cpu0, 2)  # this step only
         line = {k: out.get(k) for k in MAX_FLEET_KEEP if k in out}
         if "error" in out:
             line["error"] = out["error"]
