@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from controller.security.broker_config import BrokerSettings, render
 from tools.demo import free_port, mosquitto_binary, stop_process
 
 FD_HEADROOM = 256  # sockets and files beyond one per device: logs, the API, the store
+BROKER_START_S = 60  # a broker loading tens of thousands of dynsec accounts needs seconds
 
 
 class StackError(RuntimeError):
@@ -91,6 +93,12 @@ class OwnStack:
     broker: subprocess.Popen[bytes] | None = None
     controller: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    # (site, device, password) written into the broker's initial dynsec document: accounts exist
+    # before the broker starts, one file write instead of thousands of control commands
+    accounts: Sequence[tuple[str, str, str]] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    past_broker_cpu: float = 0.0  # CPU seconds of broker processes stopped by restarts
+    past_broker_hwm: int = 0
 
     @property
     def api(self) -> str:
@@ -104,7 +112,12 @@ class OwnStack:
         admin_pw, ctl_pw = dynsec.new_password(), dynsec.new_password()
         self.admin = ("admin", admin_pw)
         self._ctl = ("controller", ctl_pw)
-        dyn = dynsec.write_initial_file(self.workdir / "dynsec.json", "admin", admin_pw, self._ctl)
+        t = time.monotonic()
+        dyn = dynsec.write_initial_file(
+            self.workdir / "dynsec.json", "admin", admin_pw, self._ctl, self.accounts
+        )
+        self.timings["accounts_write_s"] = time.monotonic() - t
+        self.timings["dynsec_file_mb"] = dyn.stat().st_size / 2**20
         conf = self.workdir / "mosquitto.conf"
         settings = BrokerSettings(
             data_dir=self.workdir,
@@ -126,6 +139,7 @@ class OwnStack:
         return conf
 
     def start_broker(self) -> None:
+        t = time.monotonic()
         conf = self.workdir / "mosquitto.conf"
         log_path = self.workdir / "mosquitto.log"
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -133,7 +147,8 @@ class OwnStack:
             [mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True
         )
         log.close()
-        wait_port(self.mqtt_port, self.broker, 15, "mosquitto", log_path)
+        wait_port(self.mqtt_port, self.broker, BROKER_START_S, "mosquitto", log_path)
+        self.timings.setdefault("broker_start_s", time.monotonic() - t)  # the cold start
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -164,12 +179,29 @@ class OwnStack:
         wait_port(self.api_port, self.controller, 30, "the controller", log_path)
 
     def restart_broker(self, down: float) -> None:
-        """SIGTERM (Mosquitto saves its persistence at a clean exit), `down` seconds, start."""
+        """SIGTERM (Mosquitto saves its persistence at a clean exit), `down` seconds, start.
+        The stopped broker's CPU (from the reaped child's rusage, shutdown included) and peak
+        RSS are kept, so usage() covers the whole run, not only the last broker process."""
         if self.broker is not None:
+            _, _, hwm = proc_cpu_rss(self.broker.pid)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             stop_process(self.broker, 30)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            self.past_broker_cpu += (after.ru_utime + after.ru_stime) - (
+                before.ru_utime + before.ru_stime
+            )
+            self.past_broker_hwm = max(self.past_broker_hwm, hwm)
         time.sleep(down)
         self.start_broker()
         self.restarts += 1
+
+    def usage(self) -> dict[str, tuple[float, int, int]]:
+        """(CPU seconds, RSS, peak RSS) of the broker (all its processes so far) and the
+        controller."""
+        out = {k: proc_cpu_rss(p) for k, p in self.pids().items()}
+        cpu, rss, hwm = out.get("broker", (0.0, 0, 0))
+        out["broker"] = (cpu + self.past_broker_cpu, rss, max(hwm, self.past_broker_hwm))
+        return out
 
     def pids(self) -> dict[str, int]:
         out = {}

@@ -18,6 +18,7 @@ import os
 import secrets
 import ssl
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -153,8 +154,36 @@ def hash_password(password: str, salt: bytes | None = None) -> dict[str, Any]:
     }
 
 
+def device_entries(
+    devices: Iterable[tuple[str, str, str]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(clients, roles) in the plugin's stored form for many (site, device, password): the same
+    account and role `create_device_commands` makes, hashed here (≈ 56 µs each) instead of by the
+    broker. For a fleet created before the broker starts: the plugin rewrites its whole file after
+    every control command, so thousands of accounts through the API cost minutes and grow
+    quadratically (docs/SIMULATOR.md), while this is one file write."""
+    clients: list[dict[str, Any]] = []
+    roles: list[dict[str, Any]] = []
+    for site, device, password in devices:
+        role = device_role(site, device)
+        text = f"device {device} at {site}"
+        roles.append({"rolename": role, "textname": text, "acls": device_acls(site, device)})
+        clients.append(
+            {
+                "username": device,
+                "textName": text,
+                **hash_password(password),
+                "roles": [{"rolename": role}],
+            }
+        )
+    return clients, roles
+
+
 def initial_document(
-    admin: str, admin_password: str, controller: tuple[str, str] | None = None
+    admin: str,
+    admin_password: str,
+    controller: tuple[str, str] | None = None,
+    devices: Iterable[tuple[str, str, str]] = (),
 ) -> dict[str, Any]:
     """What `mosquitto_ctrl dynsec init FILE ADMIN PASSWORD` writes, with default receive access
     denied too (the tool leaves it open) and no `#` read for the admin: a client only gets what a
@@ -163,7 +192,8 @@ def initial_document(
     Built here rather than by running mosquitto_ctrl so the admin password never appears on a
     command line (visible in the process list); the hash format is the plugin's own.
     `controller` = (username, password) also creates the controller's account and role, so a
-    fresh broker is usable without a first control round trip."""
+    fresh broker is usable without a first control round trip. `devices` = (site, device,
+    password) adds device accounts the same way (`device_entries`)."""
     dyn = CONTROL_TOPIC.rsplit("/", 1)[0] + "/#"
     acls = [
         ("publishClientSend", dyn),
@@ -206,11 +236,18 @@ def initial_document(
             }
         )
         doc["roles"].append({"rolename": CONTROLLER_ROLE, "acls": controller_acls()})
+    clients, roles = device_entries(devices)
+    doc["clients"] += clients
+    doc["roles"] += roles
     return doc
 
 
 def write_initial_file(
-    path: Path, admin: str, admin_password: str, controller: tuple[str, str] | None = None
+    path: Path,
+    admin: str,
+    admin_password: str,
+    controller: tuple[str, str] | None = None,
+    devices: Iterable[tuple[str, str, str]] = (),
 ) -> Path:
     """Write the plugin's config file owner-only (0600), atomically. The broker rewrites it on
     every change, so create it once before the first start, never over a live one."""
@@ -218,7 +255,8 @@ def write_initial_file(
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(initial_document(admin, admin_password, controller), f, indent=1)
+        doc = initial_document(admin, admin_password, controller, devices)
+        json.dump(doc, f, indent=1 if len(doc["clients"]) < 100 else None)
     os.replace(tmp, path)
     return path
 
