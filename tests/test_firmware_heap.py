@@ -84,6 +84,9 @@ def _cases() -> list[tuple[str, bytes]]:
         ("cmd", Message(M.COMMAND, 1, 2, {M.C_OP: True, M.C_EXPIRES: 1}, ts=9)),
         ("ota", Message(M.OTA, 1, 2, {M.O_VERSION: "x"}, ts=9)),
         ("cfg", Message(M.CONFIG, 1, 2, [1, 2], ts=9)),  # type: ignore[arg-type]
+        ("cmd", Message(M.CONFIRM, 3, 11, {M.F_RANGES: [4, 70000, 3, 5, 1, 2]}, ts=9)),
+        ("cmd", Message(M.CONFIRM, 3, 12, {M.F_RANGES: [4, 9, 2, 4, 10, 1]}, ts=9)),  # overlap
+        ("cfg", Message(M.CONFIRM, 3, 13, {M.F_RANGES: [4, 9, 2]}, ts=9)),  # not on cfg
     ]
     out = []
     for channel, msg in base:
