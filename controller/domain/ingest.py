@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.domain.confirm import birth_confirms
 from controller.domain.presence import Presence
 from controller.domain.ratelimit import TokenBucket
 from controller.domain.records import (
@@ -46,6 +47,7 @@ class Rejected(Exception):
         self.reason = reason
         self.detail = detail
         self.device = device
+        self.key: tuple[int, int] | None = None  # (epoch, seq) of a verified message refused
 
 
 @dataclass
@@ -63,6 +65,7 @@ class DeviceState:
     board: str | None = None
     boot_epoch: int | None = None
     death_open: bool = False
+    confirm: bool = False  # its last BIRTH opted into delivery confirmation (PROTOCOL.md 16)
 
     def update(self) -> DeviceUpdate:
         p = self.presence
@@ -167,7 +170,9 @@ class IngestCore:
         )
         if dev.window.seen(msg.epoch, msg.seq):
             if not reserved:
-                raise Rejected(REPLAY, f"epoch {msg.epoch} seq {msg.seq}", dev.id)
+                r = Rejected(REPLAY, f"epoch {msg.epoch} seq {msg.seq}", dev.id)
+                r.key = (msg.epoch, msg.seq)  # verified: delivery confirmation may name it
+                raise r
         else:
             dev.window.accept(msg.epoch, msg.seq)
         if reserved:
@@ -178,6 +183,7 @@ class IngestCore:
             assert isinstance(body, dict)
             dev.firmware = body[M.B_FIRMWARE]
             dev.board = body[M.B_BOARD]
+            dev.confirm = birth_confirms(body)
             if dev.boot_epoch is None or msg.epoch > dev.boot_epoch:
                 dev.boot_epoch = msg.epoch
 

@@ -13,6 +13,7 @@ one transaction serve them all):
 | rollups.py | rollup deltas, `compact_rollups`, `hourly`, `latest` (the merge rule's SQL) |
 | commands.py | command epoch, commands sent, ACKs settling them |
 | claims.py | `TokenRecord`, claim tokens (provisioning issues and decides them) |
+| confirms.py | which devices opted into delivery confirmation (docs/PROTOCOL.md section 16) |
 | queries.py | raw series, counts, presence transitions, device events |
 | retention.py | `prune_raw` |
 | schema.py | the migrations |
@@ -23,13 +24,14 @@ one transaction serve them all):
 from __future__ import annotations
 
 from controller.store.claims import Claims
+from controller.store.confirms import Confirms
 from controller.store.devices import DeviceRecord, Devices
 from controller.store.queries import Queries
 from controller.store.retention import Retention
 from controller.store.writes import Writes, device_update_rows
 
 
-class Store(Devices, Writes, Queries, Claims, Retention):
+class Store(Devices, Writes, Queries, Claims, Retention, Confirms):
     """One connection to the IDU store. Not thread-safe: use it from one thread at a time."""
 
 

@@ -187,6 +187,20 @@ MIGRATIONS: list[list[str]] = [
             extra TEXT NOT NULL DEFAULT '{{}}'
         )""",
     ],
+    # 5 and 6 are the i10 ingest and spec branches' migrations; in this branch they are empty
+    # placeholders, replaced by the real ones when the branches merge. (Never run a production
+    # store from this branch alone: it would record version 7 without their tables.)
+    [],
+    [],
+    # 7: devices that opted into delivery confirmation (store/confirms.py; docs/PROTOCOL.md
+    # section 16). A row per device whose last BIRTH carried key 8 = 1, written by whichever
+    # controller stored that BIRTH and read by every controller of the group.
+    [
+        """CREATE TABLE confirming (
+            device_id TEXT PRIMARY KEY,
+            since DOUBLE PRECISION NOT NULL
+        )""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)
