@@ -27,7 +27,9 @@ def open_downlink(
     """Parse, check and (with a signer) verify a payload that arrived on `topic`, whose last
     segment is `channel` ("cmd", "cfg" or "ota"): (type, epoch, seq, ts, body), the fields
     CommandGuard.admit() and a device reads (type 10, CONFIRM, also on "cmd"), or the code
-    envelope.decode would raise. Only the
+    envelope.decode would raise. For a CONFIRM the last check, its ranges, is the caller's:
+    protocol.confirm.check(body), run once this module and the reader are unloaded, so a
+    device never holds the decoder and the confirmation code at once. Only the
     decoder raises (ProtocolError, for bytes that are not msgpack the protocol allows)."""
     n = len(payload)
     limit = 512 if channel == "cmd" else 1024 if channel == "cfg" else 2304  # MAX_PACKET
@@ -80,11 +82,6 @@ def open_downlink(
     ):
         return "unknown_type"  # a type not allowed on this channel (CONFIRM travels on cmd)
     body = env[6]
-    if mtype == 10:  # CONFIRM: its ranges (protocol.confirm, loaded only for one)
-        from protocol.confirm import check
-
-        code = check(body)
-        return code if code else (mtype, epoch, seq, ts, body)
     if not isinstance(body, dict):
         return "bad_field"  # body is a map
     # COMMAND: op and expiry; OTA: phase; CONFIG: any map
