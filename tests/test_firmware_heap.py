@@ -19,7 +19,7 @@ from protocol.downlink import open_downlink
 from protocol.envelope import Message, decode, encode
 from protocol.errors import ProtocolError
 from protocol.sign import Signer
-from tests.firmware.harness import Agent, Observer, make_flash
+from tests.firmware.harness import Agent, Observer, make_flash, ring_count
 from tests.support.broker import Broker, free_port
 from tests.support.upy import ROOT, run_upy
 from tools.firmware_build import build
@@ -186,12 +186,12 @@ def _phases(console: str) -> list[tuple[str, set[str]]]:
 def test_every_phase_unloads_what_it_loaded(broker: Broker, tmp_path: Path) -> None:
     """The real agent (tests/firmware/phases.py wraps heap.unload to print sys.modules after each
     call) boots, answers a ping, a set_config, a diagnostics, a malformed and a forged command,
-    then a reboot, and boots again: after every unload() the groups it named are gone and the
-    modules left are exactly the phase's set above."""
+    applies CONFIRMs, then a reboot, and boots again: after every unload() the groups it named
+    are gone and the modules left are exactly the phase's set above."""
     table = runpy.run_path(str(FIRMWARE / "heap.py"))["_GROUPS"]  # plain Python: runs here too
     groups_of = {ln.split()[0]: ln.split()[1:] for ln in table.strip().splitlines()}
-    obs = Observer(broker.port).start()
-    flash = make_flash(tmp_path, "ap-ph", broker.port)
+    obs = Observer(broker.port, confirm_every=0.2, confirming=False).start()
+    flash = make_flash(tmp_path, "ap-ph", broker.port, confirm_ms=60000)
     agent = Agent(flash, heap="256K", entry=ROOT / "tests" / "firmware" / "phases.py").start()
     try:
         obs.wait(lambda: obs.items("ap-ph", "birth"), 20, "birth")
@@ -205,6 +205,9 @@ def test_every_phase_unloads_what_it_loaded(broker: Broker, tmp_path: Path) -> N
         obs.publish_raw("idu/1/porto/ap-ph/cmd", b"\x93\x01\x02")  # not an envelope
         _, seq, _ = obs.command("ap-ph", M.OP_PING, key=bytes(32))  # forged
         assert obs.ack_for("ap-ph", seq).body[M.A_RESULT] == M.R_BAD_TAG  # type: ignore[index]
+        obs.confirming = True  # now CONFIRMs (inbox.py, then settle.py after the decoder left)
+        obs.wait(lambda: len(obs.confirms) >= 3 and ring_count(flash) <= 1, 20, "confirmed")
+        obs.confirming = False
         _, seq, _ = obs.command("ap-ph", M.OP_REBOOT)
         obs.ack_for("ap-ph", seq)
         obs.wait(
