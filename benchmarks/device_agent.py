@@ -27,7 +27,7 @@ from controller.provisioning.bundles import broker_block
 from controller.security import ca
 from protocol import messages as M
 from protocol.replay import ReplayWindow
-from tests.firmware.harness import Agent, Observer, check_stream, make_flash
+from tests.firmware.harness import Agent, Observer, check_stream, make_flash, ring_count
 from tests.support.broker import Broker, free_port
 
 
@@ -38,6 +38,15 @@ def main() -> None:
     ap.add_argument("--outage", type=float, default=2.0, help="seconds the broker is down")
     ap.add_argument("--speed", type=int, default=100, help="sim speed (reports per second)")
     ap.add_argument("--tls", action="store_true", help="the agent connects over TLS")
+    ap.add_argument(
+        "--confirm-ms",
+        type=int,
+        default=30000,
+        help="delivery confirmation re-send timeout (0: a v1 device that forgets at PUBACK)",
+    )
+    ap.add_argument(
+        "--confirm-every", type=float, default=2.0, help="seconds between CONFIRMs per device"
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,10 +68,17 @@ def main() -> None:
             link = {"broker": broker_block("127.0.0.1", tls_port, "ap-bench", None, True, ca_file)}
         broker = Broker(root / "broker", extra=extra)
         broker.start()
-        obs = Observer(broker.port, persistent=True).start()
+        every = args.confirm_every if args.confirm_ms else 0.0
+        obs = Observer(broker.port, persistent=True, confirm_every=every).start()
         dev = "ap-bench"
         flash = make_flash(
-            root, dev, broker.port, sim={"speed": args.speed, "seed": 5}, buffer=512, **link
+            root,
+            dev,
+            broker.port,
+            sim={"speed": args.speed, "seed": 5},
+            buffer=512,
+            confirm_ms=args.confirm_ms,
+            **link,
         )
         agent = Agent(flash, heap=args.heap).start()
         t0 = time.monotonic()
@@ -88,6 +104,8 @@ def main() -> None:
             diag = obs.ack_for(dev, seq).body[M.A_DATA]  # type: ignore[index]
             made = diag[M.DG_REPORTS]
             obs.wait(lambda: len(check_stream(obs, dev)[0]) >= made, 60, "the last reports")
+            if args.confirm_ms:  # and every one confirmed: the ring empties
+                obs.wait(lambda: ring_count(flash) == 0, 60, "the ring emptied by CONFIRMs")
             elapsed = time.monotonic() - t0
         except AssertionError:
             print(agent.console()[-3000:], file=sys.stderr)
@@ -128,6 +146,9 @@ def main() -> None:
         for s in reps
     ) / len(reps)
     heap = diag[M.DG_HEAP_SIZE]
+    confirm_bytes = sum(n for d, n in obs.confirms)
+    cmd_topic = len(f"idu/1/porto/{dev}/cmd")
+    confirm_wire = sum(1 + 1 + 2 + cmd_topic + 2 + n for _, n in obs.confirms)
     print(
         json.dumps(
             {
@@ -145,6 +166,11 @@ def main() -> None:
                 "bytes_on_wire_per_report": round(wire, 1),
                 "payload_bytes_per_report": round(payload, 1),
                 "json_metrics_bytes_per_report_baseline": round(as_json, 1),
+                "confirm_ms": args.confirm_ms,
+                "confirms": len(obs.confirms),
+                "confirm_payload_bytes_per_report": round(confirm_bytes / max(1, made), 2),
+                "confirm_wire_bytes_per_report": round(confirm_wire / max(1, made), 2),
+                "resent_on_wire": len(reps) - len(order),
                 "outage_s": args.outage,
                 "tls": args.tls,
                 "buffered_at_reconnect": buffered,

@@ -137,6 +137,54 @@ def sizes(name: str, r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def mqtt_publish_bytes(topic: str, payload: int) -> int:
+    """A QoS 1 PUBLISH on the wire: fixed header, remaining length, topic, packet id, payload."""
+    remaining = 2 + len(topic) + 2 + payload
+    return 1 + (1 if remaining < 128 else 2) + remaining
+
+
+def confirm_cost(report_wire: int) -> dict[str, Any]:
+    """Delivery confirmation's downlink (docs/PROTOCOL.md section 16): real CONFIRMs built by the
+    controller's issuer (controller epoch 37, seq past 2^16; device epoch 12, seqs past 2^16, so
+    every integer is its realistic width), per report, in the cases that set how many reports one
+    CONFIRM covers (at most one CONFIRM per device per confirm.interval_ms = 2 s). Each CONFIRM also
+    costs the device a 4-byte PUBACK uplink, counted in `uplink_puback_bytes_per_report`."""
+    from controller.domain.commands import CommandIssuer
+    from protocol.sign import Signer
+
+    issuer = CommandIssuer(37)
+    issuer.seq = 70000
+    signer = Signer(bytes(range(32)))
+    topic = "idu/1/porto/ap-0412/cmd"
+
+    def wire(flat: list[int]) -> int:
+        t, payload = issuer.build_confirm(signer, "porto", "ap-0412", flat, TS)
+        return mqtt_publish_bytes(t, len(payload))
+
+    one = wire([12, 70001, 1])
+    cases = {  # name: (bytes of the CONFIRM, reports it confirms)
+        "report every 60 s (one report per CONFIRM)": (one, 1),
+        "report every 1 s (two per CONFIRM)": (wire([12, 70001, 2]), 2),
+        "backlog replay at 20/s (40 per CONFIRM)": (wire([12, 70001, 40]), 40),
+        "two controllers, every 1 s (one each)": (one, 1),
+        "worst: 21 single reports, one range each": (
+            wire([x for i in range(21) for x in (12, 70001 + 2 * i, 1)]),
+            21,
+        ),
+    }
+    out = {}
+    for name, (n, reports) in cases.items():
+        out[name] = {
+            "confirm_bytes": n,
+            "reports_confirmed": reports,
+            "downlink_bytes_per_report": round(n / reports, 1),
+            "vs_report_on_wire": round(n / reports / report_wire, 3),
+            "uplink_puback_bytes_per_report": round(4 / reports, 2),
+        }
+    assert len(topic) == len("idu/1/porto/ap-0412/cmd")
+    return out
+
+
 def main() -> None:
     detail = {name: sizes(name, r) for name, r in REPORTS.items()}
     for name, d in detail.items():
@@ -147,6 +195,14 @@ def main() -> None:
         )
     larger = max(detail, key=lambda n: detail[n]["report_bytes"])
     d = detail[larger]
+    report_wire = mqtt_publish_bytes("idu/1/porto/ap-0412/rep", d["report_bytes"])
+    confirm = confirm_cost(report_wire)
+    for name, c in confirm.items():
+        print(
+            f"confirm, {name}: {c['confirm_bytes']} B per CONFIRM, "
+            f"{c['downlink_bytes_per_report']} B per report ({c['vs_report_on_wire']}x the "
+            f"{report_wire} B report on the wire)"
+        )
     out = {
         "report": larger,
         "report_bytes": d["report_bytes"],
@@ -157,6 +213,8 @@ def main() -> None:
         "meets_targets": d["ratio_vs_json"] <= 0.35 and d["ratio_vs_sparkplug"] <= 0.8,
         "targets": {"ratio_vs_json": 0.35, "ratio_vs_sparkplug": 0.8},
         "reports": detail,
+        "report_wire_bytes": report_wire,
+        "confirm_downlink_bytes_per_report": confirm,
     }
     print(json.dumps(out))
 

@@ -108,6 +108,7 @@ class Controller:
             self.link.publish,
             self.metrics,
         )
+        self.pipeline.confirm.send = self.fleet.send_confirm
         log.info(
             "controller starting",
             extra={

@@ -43,14 +43,19 @@ class MqttConfig:
     keepalive: int = 30
     session_expiry: int = 86400  # seconds the broker keeps our session (and queues QoS 1) offline
     shared_group: str = ""  # non-empty: subscribe as $share/<group>/... to split load
+    # Session expiry of a shared-group member, instead of session_expiry: Mosquitto 2.0 keeps
+    # handing a dead member's session its share until the session expires (measured:
+    # docs/CONTROLLER.md "Failover"), so 0 returns it to the survivors at once; what was in
+    # flight to the dead member is re-sent by devices that confirm (PROTOCOL.md section 16).
+    shared_session_expiry: int = 0
     tls: bool = False
     ca: str = ""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"mqtt.port {self.port} is not a TCP port; use 1..65535")
-        if self.session_expiry < 0:
-            raise ConfigError("mqtt.session_expiry must be >= 0 seconds")
+        if self.session_expiry < 0 or self.shared_session_expiry < 0:
+            raise ConfigError("mqtt.session_expiry and shared_session_expiry must be >= 0 s")
         if "/" in self.shared_group or "+" in self.shared_group or "#" in self.shared_group:
             raise ConfigError("mqtt.shared_group must not contain / + or #")
 
@@ -118,6 +123,19 @@ class HealthConfig:
         for name in ("store_failing_s", "commit_stale_s", "broker_drop_hold_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"health.{name} must be > 0 seconds")
+
+
+@dataclass(frozen=True)
+class ConfirmConfig:
+    """Delivery confirmation (docs/PROTOCOL.md section 16, docs/CONTROLLER.md)."""
+
+    enabled: bool = True  # send CONFIRMs to devices whose BIRTH opted in
+    interval_ms: int = 2000  # at most one CONFIRM per device per interval
+    reload_ms: int = 10000  # re-read which devices opted in (another controller saw the BIRTH)
+
+    def __post_init__(self) -> None:
+        if self.interval_ms < 1 or self.reload_ms < 1:
+            raise ConfigError("confirm.interval_ms and confirm.reload_ms must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -205,6 +223,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     log: LogConfig = field(default_factory=LogConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
@@ -228,6 +247,7 @@ _SECTION_TYPES = {
     "store": StoreConfig,
     "keys": KeysConfig,
     "ingest": IngestConfig,
+    "confirm": ConfirmConfig,
     "api": ApiConfig,
     "log": LogConfig,
     "fleet": FleetConfig,

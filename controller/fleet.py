@@ -1,8 +1,10 @@
 """Every operator action on the fleet, as one service object the HTTP API (and anything else
 that acts on devices) is handed: register, disable / enable, rotate a key, send a command and
 wait for its ACK, and the device views. Signed downlink leaves through one private path
-(`_issue`: build, record, publish, count, log). Imports the domain, the store thread and the
-registry; never the HTTP layer, never paho (publishing is a function it is given)."""
+(`_issue`: build, record, publish, count, log), and delivery confirmations through
+`send_confirm` (build, publish, count: never recorded, never ACKed). Imports the domain, the
+store thread and the registry; never the HTTP layer, never paho (publishing is a function it
+is given)."""
 
 from __future__ import annotations
 
@@ -112,6 +114,23 @@ class Fleet:
             extra={"device": dev.id, "op": cmd.op, "epoch": cmd.epoch, "seq": cmd.seq},
         )
         return cmd
+
+    def send_confirm(self, device_id: str, ranges: list[int]) -> bool:
+        """Delivery confirmation's downlink (docs/PROTOCOL.md section 16): a CONFIRM naming
+        `ranges` of the device's stored messages, signed with the key it holds now and published
+        at QoS 1 on its cmd topic. Not recorded in the store (it is never ACKed: a lost one
+        makes the device re-send, and the re-sent reports are confirmed again). False when the
+        device is unknown or disabled. Raises TransportError while the broker is away."""
+        dev = self.devices.get(device_id)
+        if dev is None or not dev.active:
+            return False
+        topic, payload = self.issuer.build_confirm(
+            current(dev.signer), dev.site, dev.id, ranges, int(time.time())
+        )
+        self.publish(topic, payload, 1)
+        self.metrics.confirms.inc()
+        self.metrics.confirm_ranges.inc(len(ranges) // 3)
+        return True
 
     async def send_command(
         self, device_id: str, op: str | int, args: dict[int, Any] | None = None, ttl: int = 60

@@ -98,6 +98,14 @@ class Metrics:
         self.commands = Counter(
             "idufleet_commands_sent", "Commands published to devices", ["op"], registry=r
         )
+        self.confirms = Counter(
+            "idufleet_confirms_sent", "CONFIRMs published to devices that opted in", registry=r
+        )
+        self.confirm_ranges = Counter(
+            "idufleet_confirm_ranges_sent",
+            "Ranges of stored messages named in CONFIRMs",
+            registry=r,
+        )
         self.online = Gauge("idufleet_devices_online", "Devices currently online", registry=r)
         self.known = Gauge("idufleet_devices_known", "Devices in the registry cache", registry=r)
         self.mqtt_up = Gauge(

@@ -1,7 +1,8 @@
 """The ingest shell around the pure IngestCore: MQTT messages in (the link's callback), unknown
 devices parked while the store is asked, batches committed on the store thread, PUBACKs only
 after the commit, backpressure on the link, and the periodic work (presence sweep, registry
-refresh, retention, rollup compaction). Imports the domain, the link and the store thread;
+refresh, retention, rollup compaction), and the delivery-confirmation hooks
+(controller/confirm.py: after each commit). Imports the domain, the link and the store thread;
 nothing here builds downlink messages (controller.fleet does)."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import deque
 from typing import Any
 
 from controller.config import Config
+from controller.confirm import Confirmer
 from controller.devices import DeviceCache
 from controller.domain.batching import Batcher
 from controller.domain.health import HealthWatch
@@ -92,6 +94,9 @@ class Pipeline:
         self._parked: dict[str, list[Parked]] = {}
         self._log_budget = TokenBucket(cfg.ingest.reject_log_per_min / 60.0, 10)
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Delivery confirmation (controller/confirm.py): told about replays and commits here,
+        # sends on its own task; app.py gives it the Fleet's signed-downlink function.
+        self.confirm = Confirmer(cfg.confirm, devices, db)
 
     # --- receiving (loop thread, synchronous) ----------------------------------------------
     def on_message(
@@ -118,6 +123,7 @@ class Pipeline:
             ):
                 return
             self.reject(r, topic)
+            self.confirm.on_reject(r)
             self.acks.append(handle)
             return
         if pres is not None:
@@ -218,8 +224,10 @@ class Pipeline:
             acks, self.acks = self.acks, []
             presence, self.presence = self.presence, []
             updates = self.core.take_updates()
+            held = self.confirm.take_held()
             if not items and not presence and not updates:
                 self.link.ack_many(acks)
+                self.confirm.on_commit([], held)  # held ones were in an earlier commit
                 return
             if not self._draining:
                 # The batcher is empty again: keep receiving while this batch commits. (The
@@ -247,6 +255,8 @@ class Pipeline:
             self.latencies.extend(done - p[0].received for p in items)
             self.link.ack_many(acks + [p[1] for p in done_items])
             self.health.waiting_since = self.batcher.first
+            # stored, found stored, or kept in quarantine: the device may forget them
+            self.confirm.on_commit([p[0] for p in done_items], held)
             if not self._draining:
                 self.link.resume()
 
@@ -473,6 +483,7 @@ class Pipeline:
         tg.create_task(self.link.run())
         tg.create_task(self._flusher())
         tg.create_task(self._ticker())
+        tg.create_task(self.confirm.run())
 
     async def drain(self) -> None:
         """Stop reading, commit and PUBACK what was received, disconnect, compact, all within

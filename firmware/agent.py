@@ -28,6 +28,7 @@ _B_BOARD = const(1)
 _B_BOOT_REASON = const(2)
 _B_BUFFERED = const(7)
 _B_CONFIG_HASH = const(3)
+_B_CONFIRM = const(8)
 _B_FIRMWARE = const(0)
 _B_INTERVAL = const(6)
 _B_KIND = const(5)
@@ -102,6 +103,10 @@ class Agent:
         self.cfg_gen = 0  # bumped by set_config: the reporter restarts its schedule
         self.cfg_ts = 0  # ts of the newest CONFIG applied; an older one is a replay
         self.death_seq = 0
+        # Delivery confirmation (docs/PROTOCOL.md 16): when the oldest ring entry last made
+        # progress (freed by a CONFIRM, first sent, or a re-send pass began), and the passes made.
+        self.t_mark = time.ticks_ms()
+        self.resends = 0
         self.setup_metrics()
 
     def setup_metrics(self):
@@ -198,6 +203,7 @@ class Agent:
                         _B_KIND: cfg["kind"],
                         _B_INTERVAL: cfg["interval"],
                         _B_BUFFERED: st.count,
+                        _B_CONFIRM: 1 if cfg["confirm_ms"] else 0,  # CONFIRM_V1: opted in
                     },
                     birth_seq,
                 )
@@ -245,20 +251,36 @@ class Agent:
             await sleep_ms(d)
 
     async def drain(self):
-        """Send the ring oldest first, one in flight, pop on PUBACK. A payload unacked when the
-        link dropped is sent again with DUP and the same packet id on the next connection."""
+        """Send the ring oldest first, one in flight. A payload unacked when the link dropped
+        is sent again with DUP and the same packet id on the next connection. A v1 device
+        (confirm_ms 0) pops an entry at its PUBACK; with delivery confirmation the PUBACK only
+        marks it sent, inbox.py frees it when a CONFIRM names it, and once everything is sent
+        and the oldest entry has made no progress for confirm_ms, the unconfirmed entries are
+        sent again, oldest first, at replay_rate (docs/PROTOCOL.md section 16)."""
         ring = self.ring
+        st = ring.state
         link = self.link
         gap = 1000 // max(1, self.cfg["replay_rate"])
+        wait = self.cfg["confirm_ms"]
         mv = memoryview(self.buf)
         while True:
-            if not (self.ready and ring.state.count):
+            i = st.next() if self.ready else -1
+            if i < 0:
+                t = time.ticks_ms()
+                if self.ready and st.sent and time.ticks_diff(t, self.t_mark) > wait:
+                    st.sent = 0  # a re-send pass (a v1 device, wait 0, never has sent > 0)
+                    self.t_mark = t
+                    self.resends += 1
+                    continue
                 await sleep_ms(20)
                 continue
-            n = ring.read_head(self.buf)
-            if n <= 0:
-                ring.pop()  # unreadable slot: count it lost rather than stall forever
-                ring.state.dropped += 1
+            n = ring.read(i, self.buf)
+            if n <= 0:  # unreadable slot: count it lost rather than stall forever
+                if i == st.head:
+                    ring.pop()
+                    st.dropped += 1
+                else:
+                    st.done(i)  # skipped; dropped when it is the oldest
                 continue
             pid = self.inflight_pid
             dup = bool(pid) and self.inflight_conn != link.conn_id
@@ -272,9 +294,14 @@ class Agent:
                 await sleep_ms(50)
                 continue
             if await link.wait_ack(pid):
-                ring.pop()
                 self.inflight_pid = 0
-                if ring.state.count:
+                if not wait:
+                    ring.pop()
+                else:
+                    if not st.sent:
+                        self.t_mark = time.ticks_ms()  # the oldest is out: its clock starts
+                    st.done(i)
+                if st.sent < st.count:
                     await sleep_ms(gap)  # backlog replay at a bounded rate
 
     async def reporter(self):

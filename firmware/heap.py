@@ -16,7 +16,7 @@ import sys
 # GROUP module module ...: a line per phase, read by unload() (and by the tests on CPython).
 _GROUPS = """
 BOOT startup bootstate tunables boards
-DECODER inbox downlink codec reader errors
+DECODER inbox downlink confirm settle codec reader errors
 ADMIT commands bootstate
 SETTINGS tunables bootstate
 COMMAND cmds commands tunables bootstate
@@ -25,7 +25,8 @@ AGENT agent link mqtt_codec ring backoff sealing sign compat writer asyncio asyn
 CLAIM claim mqtt_codec codec reader errors compat writer
 """
 # BOOT: boot (main.py, after startup.run): config validation, the boot record, the board table.
-# DECODER: opening a downlink message (inbox.py), and boot's reading of config.over (the codec).
+# DECODER: opening a downlink message (inbox.py; a CONFIRM: protocol.confirm, settle.py), and boot's
+#   reading of config.over (the codec).
 # ADMIT: admitting a command: the replay guard and its file (cmds.py, before executing).
 # SETTINGS: applying set_config / a CONFIG message: the tunables and the overrides file.
 # COMMAND: a whole command, after its ack (agent.py): whatever a finished or failed one left.

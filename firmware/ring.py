@@ -1,7 +1,10 @@
 """The offline report buffer: a bounded FIFO of signed payloads in fixed-size slots of one flash
 file, plus a 16-byte header file. RingState is the pure bookkeeping; RingFile the flash shell.
-When full, the oldest entry is dropped and counted. Entries leave only when the broker has acked
-them (pop after PUBACK), so a kill at any point loses nothing that was not delivered."""
+When full, the oldest entry is dropped and counted.
+
+An entry leaves when it is delivered: at the broker's PUBACK for a v1 device, or, with delivery
+confirmation (docs/PROTOCOL.md section 16), only when a CONFIRM from the controller names it; a
+PUBACK then only marks it sent. So a kill at any point loses nothing that was not delivered."""
 
 import struct
 
@@ -13,19 +16,22 @@ _HDR = "<IIII"  # magic, head, count, dropped
 
 class RingState:
     """head: slot of the oldest entry; count: entries held; dropped: entries lost to overflow
-    since the buffer was created (monotonic, survives reboots)."""
+    since the buffer was created (monotonic, survives reboots). In RAM only: sent, how many
+    entries from the head went out at least once (since boot or the last re-send pass), and ok,
+    one bit per slot confirmed while an older entry is not (freed when the head gets there)."""
 
     def __init__(self, capacity, head=0, count=0, dropped=0):
         self.capacity = capacity
         self.head = head
         self.count = count
         self.dropped = dropped
+        self.sent = 0
+        self.ok = bytearray((capacity + 7) >> 3)
 
     def push(self):
         """Slot to write the new entry to; drops (and counts) the oldest when full."""
         if self.count == self.capacity:
-            self.head = (self.head + 1) % self.capacity
-            self.count -= 1
+            self.pop()
             self.dropped += 1
         slot = (self.head + self.count) % self.capacity
         self.count += 1
@@ -36,9 +42,30 @@ class RingState:
         return self.head if self.count else -1
 
     def pop(self):
+        """Free the oldest entry (and its confirmed bit)."""
         if self.count:
-            self.head = (self.head + 1) % self.capacity
+            h = self.head
+            self.ok[h >> 3] &= ~(1 << (h & 7))
+            self.head = (h + 1) % self.capacity
             self.count -= 1
+            if self.sent:
+                self.sent -= 1
+
+    def next(self):
+        """Slot of the next entry to send: the oldest neither sent nor confirmed; -1: none."""
+        while self.sent < self.count:
+            i = (self.head + self.sent) % self.capacity
+            if not self.ok[i >> 3] & (1 << (i & 7)):
+                return i
+            self.sent += 1
+        return -1
+
+    def done(self, i):
+        """The entry in slot i reached the broker (PUBACK): count it sent, if it is still the
+        next one (a confirmation may have freed it meanwhile). Confirmations set `ok` bits and
+        free entries in settle.py, loaded only when one arrives."""
+        if self.sent < self.count and (self.head + self.sent) % self.capacity == i:
+            self.sent += 1
 
 
 class RingFile:
@@ -61,12 +88,12 @@ class RingFile:
         except OSError:
             pass
         try:
-            self._dat = open(self._dat_path, "r+b")
+            self.dat = open(self._dat_path, "r+b")
         except OSError:
-            self._dat = open(self._dat_path, "w+b")
-        self._save()
+            self.dat = open(self._dat_path, "w+b")
+        self.save()
 
-    def _save(self):
+    def save(self):
         s = self.state
         struct.pack_into(_HDR, self.hdr, 0, _MAGIC, s.head, s.count, s.dropped)
         with open(self._hdr_path, "wb") as f:
@@ -76,20 +103,17 @@ class RingFile:
         """Append payload mv[:n] (n <= slot - 2). Returns True if an old entry was dropped."""
         before = self.state.dropped
         i = self.state.push()
-        f = self._dat
+        f = self.dat
         f.seek(i * self.slot)
         f.write(struct.pack("<H", n))
         f.write(mv[:n])
         f.flush()
-        self._save()
+        self.save()
         return self.state.dropped != before
 
-    def read_head(self, buf):
-        """Copy the oldest payload into buf; returns its length, or 0 when empty."""
-        i = self.state.peek()
-        if i < 0:
-            return 0
-        f = self._dat
+    def read(self, i, buf):
+        """Copy the payload in slot i into buf; returns its length, or 0 when unreadable."""
+        f = self.dat
         f.seek(i * self.slot)
         mv = memoryview(buf)
         if f.readinto(mv[:2]) != 2:
@@ -101,7 +125,7 @@ class RingFile:
 
     def pop(self):
         self.state.pop()
-        self._save()
+        self.save()
 
     def close(self):
-        self._dat.close()
+        self.dat.close()

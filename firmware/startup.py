@@ -77,6 +77,7 @@ def validate(raw):
         "deadbands": {},
         "keepalive": 60,
         "replay_rate": 20,
+        "confirm_ms": 30000,  # delivery confirmation's re-send timeout; 0: a v1 device
         "buffer": 256,
         "backoff": {"base_ms": 1000, "cap_ms": 60000},
         "crash": {"max": 3, "window": 300, "stable": 60},
@@ -92,6 +93,8 @@ def validate(raw):
         cfg[k] = got
     if cfg["buffer"] < 4:
         raise bad("buffer", "must be at least 4")
+    if cfg["confirm_ms"] < 0:
+        raise bad("confirm_ms", "must be >= 0")
     check_tunables(cfg)
     return cfg
 

@@ -26,7 +26,10 @@ def open_downlink(
 ) -> tuple[int, int, int, int | None, dict[int, object]] | str:
     """Parse, check and (with a signer) verify a payload that arrived on `topic`, whose last
     segment is `channel` ("cmd", "cfg" or "ota"): (type, epoch, seq, ts, body), the fields
-    CommandGuard.admit() and a device reads, or the code envelope.decode would raise. Only the
+    CommandGuard.admit() and a device reads (type 10, CONFIRM, also on "cmd"), or the code
+    envelope.decode would raise. For a CONFIRM the last check, its ranges, is the caller's:
+    protocol.confirm.check(body), run once this module and the reader are unloaded, so a
+    device never holds the decoder and the confirmation code at once. Only the
     decoder raises (ProtocolError, for bytes that are not msgpack the protocol allows)."""
     n = len(payload)
     limit = 512 if channel == "cmd" else 1024 if channel == "cfg" else 2304  # MAX_PACKET
@@ -66,7 +69,7 @@ def open_downlink(
         signer.tag(topic, payload[: n - TRAILER_LEN]), tag
     ):
         return "bad_tag"  # Signer.verify's check, without raising
-    if not 1 <= mtype <= 9:
+    if not 1 <= mtype <= 10:
         return "unknown_type"  # not a message type
     if not _u32(epoch) or not _u32(seq):
         return "bad_field"  # epoch and seq are 0..2**32-1
@@ -74,8 +77,10 @@ def open_downlink(
         return "bad_field"  # ts is required on downlink, unix seconds 0..2**32-1
     if up is not None and not _u32(up):
         return "bad_field"  # up is seconds 0..2**32-1
-    if mtype != (7 if channel == "cmd" else 8 if channel == "cfg" else 9):
-        return "unknown_type"  # a type not allowed on this channel
+    if mtype != (7 if channel == "cmd" else 8 if channel == "cfg" else 9) and not (
+        mtype == 10 and channel == "cmd"
+    ):
+        return "unknown_type"  # a type not allowed on this channel (CONFIRM travels on cmd)
     body = env[6]
     if not isinstance(body, dict):
         return "bad_field"  # body is a map

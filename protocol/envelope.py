@@ -8,6 +8,7 @@ byte before that last entry, so no re-encoding is needed to verify.
 from protocol import messages as M
 from protocol.codec import Reader, Writer
 from protocol.compat import fast_unpack
+from protocol.confirm import check as confirm_check
 from protocol.errors import (
     BAD_FIELD,
     BAD_TAG,
@@ -224,6 +225,10 @@ def check_body(mtype: int, body: object) -> None:
             if not isinstance(sample, list) or len(sample) != 2 or not _uint(sample[0]):
                 raise ProtocolError(BAD_FIELD, "batch sample is [age_s, metrics]")
             _metrics(sample[1])
+        return
+    if mtype == M.CONFIRM:
+        if confirm_check(body):
+            raise ProtocolError(BAD_FIELD, "confirm ranges are 1..21 ascending disjoint triples")
         return
     if not isinstance(body, dict):
         raise ProtocolError(BAD_FIELD, "body is a map")

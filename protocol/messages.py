@@ -21,6 +21,7 @@ ACK = 6
 COMMAND = 7
 CONFIG = 8
 OTA = 9
+CONFIRM = 10
 
 NAMES = {
     BIRTH: "birth",
@@ -32,6 +33,7 @@ NAMES = {
     COMMAND: "command",
     CONFIG: "config",
     OTA: "ota",
+    CONFIRM: "confirm",
 }
 BY_NAME = {v: k for k, v in NAMES.items()}
 
@@ -47,6 +49,7 @@ CHANNEL = {
     COMMAND: "cmd",
     CONFIG: "cfg",
     OTA: "ota",
+    CONFIRM: "cmd",  # a device that opts in already subscribes to cmd (and its ACL allows it)
 }
 
 # Largest payload accepted per channel, in bytes (MQTT payload, tag included).
@@ -71,6 +74,8 @@ B_SAFE_MODE = 4  # bool
 B_KIND = 5  # str, "ap" or "sensor"
 B_INTERVAL = 6  # int, report interval in seconds
 B_BUFFERED = 7  # int, reports waiting in the offline buffer
+B_CONFIRM = 8  # int, optional: CONFIRM_V1 = keep reports until a CONFIRM names them
+CONFIRM_V1 = 1
 BOOT_POWER_ON = 0
 BOOT_HARD_RESET = 1
 BOOT_WATCHDOG = 2
@@ -166,3 +171,7 @@ O_SHA256 = 3  # bin(32)
 O_SIGNATURE = 4  # bin(64), Ed25519 over the image's SHA-256
 O_OFFSET = 5  # int
 O_DATA = 6  # bin
+
+# CONFIRM (docs/PROTOCOL.md "Delivery confirmed by the store")
+F_RANGES = 0  # array: [epoch, first seq, count] triples, ascending, of uplink messages stored
+MAX_CONFIRM_RANGES = 21  # triples per CONFIRM: 63 items, within the 64-item array limit

@@ -40,6 +40,15 @@ class ReplayWindow:
             return len(self.epochs) >= EPOCHS and epoch < min(self.epochs)
         return bool(seq <= st[0] - WINDOW)
 
+    def accepted(self, epoch: int, seq: int) -> bool:
+        """True only when (epoch, seq) is known to have been accepted (its bit is set): unlike
+        seen(), never for a message merely too old to tell (delivery confirmation names only
+        messages that are stored, docs/PROTOCOL.md section 16)."""
+        st = self.epochs.get(epoch)
+        if st is None or seq > st[0] or seq <= st[0] - WINDOW:
+            return False
+        return bool(st[1][(seq % WINDOW) >> 3] & (1 << (seq & 7)))
+
     def check(self, epoch: int, seq: int) -> None:
         if self.seen(epoch, seq):
             raise ProtocolError(REPLAY, "epoch %d seq %d" % (epoch, seq))

@@ -14,6 +14,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol import confirm as pconfirm
 from protocol import messages as M
 from protocol.commands import CommandGuard
 from protocol.downlink import open_downlink
@@ -60,6 +61,9 @@ class Behaviour:
     backoff_cap_ms: int = 60000
     jitter: float = 0.02  # each report period varies by up to this fraction (clock drift)
     clock: bool = True  # False: no RTC, ts only once learnt from a verified downlink
+    # delivery confirmation's re-send timeout (firmware config confirm_ms); 0: a v1 device that
+    # forgets a report at PUBACK and does not opt in (docs/PROTOCOL.md section 16)
+    confirm_ms: int = 30000
 
     def __post_init__(self) -> None:
         if self.interval < 1:
@@ -70,6 +74,8 @@ class Behaviour:
             raise ValueError("buffer must be at least 4 (firmware/startup.py)")
         if not 0 <= self.jitter < 0.5:
             raise ValueError("jitter must be in 0..0.5")
+        if self.confirm_ms < 0:
+            raise ValueError("confirm_ms must be >= 0 (0: no delivery confirmation)")
 
 
 @dataclass
@@ -101,6 +107,8 @@ class DeviceModel:
         self.epoch = 0
         self.ring = ring.RingState(behaviour.buffer)
         self.slots: list[bytes | None] = [None] * behaviour.buffer
+        self.keys: list[tuple[int, int]] = [(0, 0)] * behaviour.buffer  # (epoch, seq) per slot
+        self.acked = [False] * behaviour.buffer  # the broker acked this entry at least once
         self.guard = CommandGuard()
         self.cfg: dict[str, Any] = {
             "kind": spec.kind,
@@ -134,6 +142,10 @@ class DeviceModel:
         self.reports = 0
         self.dropped_event = self.ring.dropped
         self.last_dropped = self.ring.dropped
+        self.ring.sent = 0  # RAM: after a boot every entry counts as unsent
+        self.t_mark = now  # the oldest entry's last progress (firmware Agent.t_mark)
+        self.resends = 0  # re-send passes
+        self.confirmed = 0  # ring entries freed by a CONFIRM
         rng = backoff.Rng(self.spec.seed * 7919 + len(self.spec.id) + self.epoch)
         self.board = [1000, 0, int(now), 40 + rng.r16() % 80, -1, rng]
         self.setup_metrics(now)
@@ -213,6 +225,7 @@ class DeviceModel:
             M.B_KIND: self.cfg["kind"],
             M.B_INTERVAL: self.cfg["interval"],
             M.B_BUFFERED: st.count,
+            M.B_CONFIRM: M.CONFIRM_V1 if self.b.confirm_ms else 0,
         }
         out = [
             Out(
@@ -323,28 +336,86 @@ class DeviceModel:
                 w.integer(row[i])
         self.batch_rows = []
         n = seal(w, self.signer, self.t_rep)
-        self.push(bytes(self.buf[:n]))
+        self.push(bytes(self.buf[:n]), self.seq)
         self.reports += 1
         return 1
 
-    def push(self, payload: bytes) -> bool:
+    def push(self, payload: bytes, seq: int) -> bool:
         """Append to the offline ring (the firmware's RingState decides the slot and drops the
         oldest when full). True when an old entry was dropped."""
         before = self.ring.dropped
-        self.slots[self.ring.push()] = payload
+        i = self.ring.push()
+        self.slots[i] = payload
+        self.keys[i] = (self.epoch, seq)
+        self.acked[i] = False
         return bool(self.ring.dropped != before)
 
+    def next_slot(self) -> int:
+        """The ring slot the drain sends next (firmware RingState.next): -1 for none."""
+        i: int = self.ring.next()
+        return i
+
     def head(self) -> bytes | None:
-        """The oldest buffered report: what the drain sends next."""
+        """The oldest buffered report."""
         i = self.ring.peek()
         return None if i < 0 else self.slots[i]
 
+    def delivered(self, i: int, now: float) -> bool:
+        """The broker acked the report in slot i (firmware Agent.drain): a v1 device forgets it,
+        one that confirms only marks it sent. True the first time this report was acked (a
+        re-send is not a new report)."""
+        first = not self.acked[i]
+        self.acked[i] = True
+        if not self.b.confirm_ms:
+            self.pop()
+            return first
+        if not self.ring.sent:
+            self.t_mark = now  # the oldest is out: its clock starts
+        self.ring.done(i)
+        return first
+
     def pop(self) -> None:
-        """The head was acknowledged by the broker."""
+        """Free the oldest entry."""
         i = self.ring.peek()
         if i >= 0:
             self.slots[i] = None
         self.ring.pop()
+
+    def resend_at(self) -> float | None:
+        """When a re-send pass is due if nothing is confirmed before (None: nothing waits)."""
+        st = self.ring
+        if not self.b.confirm_ms or not st.sent or st.sent < st.count:
+            return None
+        return float(self.t_mark + self.b.confirm_ms / 1000.0)
+
+    def resend_due(self, now: float) -> bool:
+        """Start a re-send pass if it is due (firmware Agent.drain): everything sent, the oldest
+        without progress for confirm_ms. True when one started."""
+        at = self.resend_at()
+        if at is None or now <= at:
+            return False
+        self.ring.sent = 0
+        self.t_mark = now
+        self.resends += 1
+        return True
+
+    def settle(self, flat: list[int], now: float) -> int:
+        """A CONFIRM's ranges applied to the ring (firmware settle.py): mark the entries they
+        name, free the confirmed ones at the head; how many were freed."""
+        st = self.ring
+        for off in range(st.count):
+            i = (st.head + off) % st.capacity
+            e, s = self.keys[i]
+            if pconfirm.covered(flat, e, s):
+                st.ok[i >> 3] |= 1 << (i & 7)
+        n = 0
+        while st.count and st.ok[st.head >> 3] & (1 << (st.head & 7)):
+            self.pop()
+            n += 1
+        if n:
+            self.t_mark = now
+            self.confirmed += n
+        return n
 
     def replay_gap(self) -> float:
         return 1.0 / max(1, self.b.replay_rate)
@@ -368,7 +439,15 @@ class DeviceModel:
                 return [], False
             if isinstance(m, str):
                 return [], False
-        _, epoch, seq, ts, body = m
+        mtype, epoch, seq, ts, body = m
+        if mtype == M.CONFIRM:  # never acked (firmware inbox.handle)
+            if result or pconfirm.check(body):
+                self.refused[3] += int(not result)
+                return [], False
+            if ts is not None and not self.b.clock:
+                self.time_off = ts - self.uptime(now)
+            self.settle(body[M.F_RANGES], now)  # type: ignore[arg-type]  # checked above
+            return [], False
         if result:
             return [self.ack(epoch, seq, result, None, now)], False
         if ts is not None and not self.b.clock:

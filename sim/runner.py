@@ -38,7 +38,10 @@ class Stats:
     connect_errors: int = 0  # TCP refused/timed out, CONNACK refused or missing
     links_lost: int = 0
     made: int = 0  # reports (REPORT/BATCH messages) sealed into a ring
-    sent: int = 0  # reports the broker acknowledged (popped from a ring)
+    sent: int = 0  # reports the broker acknowledged (a v1 device pops them from its ring)
+    confirmed: int = 0  # reports freed from a ring by a CONFIRM (devices that confirm)
+    resent: int = 0  # reports sent again after no confirmation came
+    confirms: int = 0  # CONFIRMs received
     dropped: int = 0  # reports lost to a full ring
     births: int = 0
     acks: int = 0  # command ACKs sent
@@ -71,8 +74,9 @@ class SimDevice:
         self.timer: asyncio.TimerHandle | None = None
         self.retry: asyncio.TimerHandle | None = None
         self.pid = 0
-        self.inflight = 0  # packet id of the ring head in flight (0: none)
+        self.inflight = 0  # packet id of the ring entry in flight (0: none)
         self.inflight_conn = 0
+        self.inflight_slot = -1
         self.conn_id = 0
         self.connected_once = False  # this boot
         self.ever_connected = False
@@ -231,32 +235,46 @@ class SimDevice:
                      False, out.retain)  # fmt: skip
 
     def _pump(self) -> None:
-        """Send the ring head if nothing is in flight (one at a time, as the firmware)."""
+        """Send the next ring entry if nothing is in flight (one at a time, as the firmware):
+        the oldest for a v1 device, the oldest neither sent nor confirmed for one that confirms."""
         link = self.link
         if link is None or not self.up:
             return
         if self.inflight and self.inflight_conn == self.conn_id:
             return
-        head = self.model.head()
-        if head is None:
+        if self.inflight:  # the entry in flight when the link dropped: again, DUP, same pid
+            i = self.inflight_slot
+            dup = True
+        else:
+            i = self.model.next_slot()
+            dup = False
+        payload = self.model.slots[i] if i >= 0 else None
+        if payload is None:
+            self.inflight = 0
             return
-        dup = bool(self.inflight)
         pid = self.inflight or self._next_pid()
-        self.inflight, self.inflight_conn = pid, self.conn_id
-        link.publish(self.model.t_rep, head, 1, pid, dup)
+        self.inflight, self.inflight_conn, self.inflight_slot = pid, self.conn_id, i
+        link.publish(self.model.t_rep, payload, 1, pid, dup)
 
     def on_puback(self, pid: int) -> None:
         if pid != self.inflight or not pid:
             return
-        self.model.pop()
+        st = self.fleet.stats
+        if self.model.delivered(self.inflight_slot, time.time()):
+            st.sent += 1
+        else:
+            st.resent += 1
         self.inflight = 0
-        self.fleet.stats.sent += 1
-        if self.model.ring.count:  # backlog replay at a bounded rate
+        if self.model.ring.sent < self.model.ring.count:  # backlog replay at a bounded rate
             self.fleet.loop.call_later(self.model.replay_gap(), self._pump)
 
     def on_message(self, topic: bytes, payload: bytes) -> None:
         self.fleet.stats.commands += 1
+        before = self.model.confirmed
         outs, reboot = self.model.downlink(topic, payload, time.time())
+        if self.model.confirmed != before or not (outs or reboot):
+            self.fleet.stats.confirms += 1
+            self.fleet.stats.confirmed += self.model.confirmed - before
         delay = self.faults.slow_ack_s
         if delay:
             self.fleet.loop.call_later(delay, self._answer, outs, reboot)
@@ -285,6 +303,9 @@ class SimDevice:
     def _arm(self) -> None:
         loop = self.fleet.loop
         wall_due = self.model.next_due()
+        resend = self.model.resend_at()
+        if resend is not None:
+            wall_due = min(wall_due, resend + 0.001)
         at = loop.time() + max(0.0, wall_due - time.time())
         if self.up and self.link is not None:
             at = min(at, self.link.tx_at + self.model.b.keepalive / 2)
@@ -302,6 +323,8 @@ class SimDevice:
         now = time.time()
         m = self.model
         before = m.ring.dropped
+        if self.up and m.resend_due(now):  # nothing confirmed for confirm_ms: send again
+            self._pump()
         made = m.tick(now)
         if made:
             st = self.fleet.stats
@@ -441,8 +464,11 @@ class Fleet:
         while self.loop.time() < deadline:
             if all(d.model.ring.count == 0 for d in self.devices if d.on):
                 return True
+            now = time.time()
             for d in self.devices:
                 if d.on and d.model.ring.count and not d.inflight:
+                    if d.up:
+                        d.model.resend_due(now)
                     d._pump()
             await asyncio.sleep(0.1)
         return False

@@ -14,11 +14,12 @@ import pytest
 
 from protocol import messages as M
 from protocol import topics
+from protocol.confirm import check as confirm_check
 from protocol.downlink import open_downlink
 from protocol.envelope import Message, decode, encode
 from protocol.errors import ProtocolError
 from protocol.sign import Signer
-from tests.firmware.harness import Agent, Observer, make_flash
+from tests.firmware.harness import Agent, Observer, make_flash, ring_count
 from tests.support.broker import Broker, free_port
 from tests.support.upy import ROOT, run_upy
 from tools.firmware_build import build
@@ -71,6 +72,8 @@ def _outcome(fn, *args):  # type: ignore[no-untyped-def]
         m = fn(*args)
     except ProtocolError as e:
         return e.code
+    if isinstance(m, tuple) and m[0] == M.CONFIRM:  # the device checks the ranges itself, next
+        return confirm_check(m[4]) or m
     return m if isinstance(m, (tuple, str)) else (m.type, m.epoch, m.seq, m.ts, m.body)
 
 
@@ -84,6 +87,9 @@ def _cases() -> list[tuple[str, bytes]]:
         ("cmd", Message(M.COMMAND, 1, 2, {M.C_OP: True, M.C_EXPIRES: 1}, ts=9)),
         ("ota", Message(M.OTA, 1, 2, {M.O_VERSION: "x"}, ts=9)),
         ("cfg", Message(M.CONFIG, 1, 2, [1, 2], ts=9)),  # type: ignore[arg-type]
+        ("cmd", Message(M.CONFIRM, 3, 11, {M.F_RANGES: [4, 70000, 3, 5, 1, 2]}, ts=9)),
+        ("cmd", Message(M.CONFIRM, 3, 12, {M.F_RANGES: [4, 9, 2, 4, 10, 1]}, ts=9)),  # overlap
+        ("cfg", Message(M.CONFIRM, 3, 13, {M.F_RANGES: [4, 9, 2]}, ts=9)),  # not on cfg
     ]
     out = []
     for channel, msg in base:
@@ -180,12 +186,12 @@ def _phases(console: str) -> list[tuple[str, set[str]]]:
 def test_every_phase_unloads_what_it_loaded(broker: Broker, tmp_path: Path) -> None:
     """The real agent (tests/firmware/phases.py wraps heap.unload to print sys.modules after each
     call) boots, answers a ping, a set_config, a diagnostics, a malformed and a forged command,
-    then a reboot, and boots again: after every unload() the groups it named are gone and the
-    modules left are exactly the phase's set above."""
+    applies CONFIRMs, then a reboot, and boots again: after every unload() the groups it named
+    are gone and the modules left are exactly the phase's set above."""
     table = runpy.run_path(str(FIRMWARE / "heap.py"))["_GROUPS"]  # plain Python: runs here too
     groups_of = {ln.split()[0]: ln.split()[1:] for ln in table.strip().splitlines()}
-    obs = Observer(broker.port).start()
-    flash = make_flash(tmp_path, "ap-ph", broker.port)
+    obs = Observer(broker.port, confirm_every=0.2, confirming=False).start()
+    flash = make_flash(tmp_path, "ap-ph", broker.port, confirm_ms=60000)
     agent = Agent(flash, heap="256K", entry=ROOT / "tests" / "firmware" / "phases.py").start()
     try:
         obs.wait(lambda: obs.items("ap-ph", "birth"), 20, "birth")
@@ -199,6 +205,9 @@ def test_every_phase_unloads_what_it_loaded(broker: Broker, tmp_path: Path) -> N
         obs.publish_raw("idu/1/porto/ap-ph/cmd", b"\x93\x01\x02")  # not an envelope
         _, seq, _ = obs.command("ap-ph", M.OP_PING, key=bytes(32))  # forged
         assert obs.ack_for("ap-ph", seq).body[M.A_RESULT] == M.R_BAD_TAG  # type: ignore[index]
+        obs.confirming = True  # now CONFIRMs (inbox.py, then settle.py after the decoder left)
+        obs.wait(lambda: len(obs.confirms) >= 3 and ring_count(flash) <= 1, 20, "confirmed")
+        obs.confirming = False
         _, seq, _ = obs.command("ap-ph", M.OP_REBOOT)
         obs.ack_for("ap-ph", seq)
         obs.wait(

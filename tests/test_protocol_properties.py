@@ -94,9 +94,30 @@ u16 = st.integers(0, 0xFFFF)
 extra = st.dictionaries(st.integers(10, 40), scalars, max_size=3)
 
 
+def _ranges(steps: list[tuple[int, int, int]]) -> list[int]:
+    """Flat CONFIRM ranges from (epoch step, seq gap, count) steps: ascending and disjoint."""
+    flat: list[int] = []
+    epoch, nxt = 0, 0
+    for de, gap, count in steps:
+        if de:
+            epoch, nxt = epoch + de, 0
+        flat += [epoch, nxt + gap, count]
+        nxt += gap + count + 1
+    return flat
+
+
+confirm_ranges = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 70000), st.integers(1, 70000)),
+    min_size=1,
+    max_size=M.MAX_CONFIRM_RANGES,
+).map(_ranges)
+
+
 def body_for(mtype: int) -> st.SearchStrategy[Any]:
     if mtype == M.REPORT:
         return metric_map
+    if mtype == M.CONFIRM:
+        return st.tuples(confirm_ranges, extra).map(lambda t: {**t[1], M.F_RANGES: t[0]})
     if mtype == M.BATCH:
         return st.lists(st.tuples(u32, metric_map).map(list), min_size=1, max_size=4)
     required = {

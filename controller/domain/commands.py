@@ -10,7 +10,7 @@ from typing import Any
 from protocol import messages as M
 from protocol import topics
 from protocol.commands import MAX_TTL
-from protocol.envelope import Message, encode
+from protocol.envelope import Message, check_body, encode
 from protocol.sign import Signer
 
 OPS = {name.replace("_", "-"): op for op, name in M.OP_NAMES.items()}  # ping, reboot, set-config...
@@ -81,3 +81,16 @@ class CommandIssuer:
         return OutgoingCommand(
             self.epoch, self.seq, device, topic, code, args, now, now + ttl, payload
         )
+
+    def build_confirm(
+        self, signer: Signer, site: str, device: str, ranges: list[int], now: int
+    ) -> tuple[str, bytes]:
+        """(topic, payload) of a CONFIRM naming `ranges` (flat [epoch, first, count, ...],
+        docs/PROTOCOL.md section 16), numbered in the same sequence as commands so every
+        downlink message of this controller epoch has its own (epoch, seq). Raises
+        ProtocolError for ranges the spec does not allow."""
+        self.seq += 1
+        topic = topics.topic(site, device, topics.COMMAND)
+        msg = Message(M.CONFIRM, self.epoch, self.seq, {M.F_RANGES: ranges}, ts=now)
+        check_body(M.CONFIRM, msg.body)
+        return topic, encode(signer, topic, msg)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.domain import timeline
+from controller.domain.confirm import birth_confirms
 from controller.domain.presence import Presence
 from controller.domain.ratelimit import TokenBucket
 from controller.domain.records import (
@@ -58,6 +59,7 @@ class Rejected(Exception):
         self.reason = reason
         self.detail = detail
         self.device = device
+        self.key: tuple[int, int] | None = None  # (epoch, seq) of a verified message refused
 
 
 @dataclass
@@ -78,6 +80,7 @@ class DeviceState:
     provisioned: float = 0.0  # registry created_at: the start of the plausible-time window
     anchors: timeline.Anchors = field(default_factory=timeline.Anchors)
     pruned: tuple[int, int] | None = None  # newest (epoch, seq) whose store key was pruned
+    confirm: bool = False  # its last BIRTH opted into delivery confirmation (PROTOCOL.md 16)
 
     def update(self) -> DeviceUpdate:
         p = self.presence
@@ -212,7 +215,9 @@ class IngestCore:
             if not reserved:
                 if dev.window.too_old(msg.epoch, msg.seq):
                     return True
-                raise Rejected(REPLAY, f"epoch {msg.epoch} seq {msg.seq}", dev.id)
+                r = Rejected(REPLAY, f"epoch {msg.epoch} seq {msg.seq}", dev.id)
+                r.key = (msg.epoch, msg.seq)  # verified: delivery confirmation may name it
+                raise r
         else:
             dev.window.accept(msg.epoch, msg.seq)
         if reserved:
@@ -223,6 +228,7 @@ class IngestCore:
             assert isinstance(body, dict)
             dev.firmware = body[M.B_FIRMWARE]
             dev.board = body[M.B_BOARD]
+            dev.confirm = birth_confirms(body)
             if dev.boot_epoch is None or msg.epoch > dev.boot_epoch:
                 dev.boot_epoch = msg.epoch
         return False

@@ -14,6 +14,7 @@ one transaction serve them all):
 | commands.py | command epoch, commands sent, ACKs settling them |
 | claims.py | `TokenRecord`, claim tokens (provisioning issues and decides them) |
 | operators.py | `OperatorRecord`, operator accounts, the append-only audit log |
+| confirms.py | which devices opted into delivery confirmation (docs/PROTOCOL.md section 16) |
 | queries.py | raw series, counts, presence transitions, device events |
 | retention.py | `prune_raw` (and each device's pruned mark) |
 | quarantine.py | messages the store refused: keep, list, resolve |
@@ -25,6 +26,7 @@ one transaction serve them all):
 from __future__ import annotations
 
 from controller.store.claims import Claims
+from controller.store.confirms import Confirms
 from controller.store.devices import DeviceRecord, Devices
 from controller.store.operators import OperatorRecord, Operators
 from controller.store.quarantine import Quarantine, Quarantined
@@ -33,7 +35,7 @@ from controller.store.retention import Retention
 from controller.store.writes import Writes, device_update_rows
 
 
-class Store(Devices, Writes, Queries, Claims, Operators, Retention, Quarantine):
+class Store(Devices, Writes, Queries, Claims, Operators, Retention, Quarantine, Confirms):
     """One connection to the IDU store. Not thread-safe: use it from one thread at a time."""
 
 

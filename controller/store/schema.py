@@ -221,9 +221,15 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE device_events ADD COLUMN approx INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE devices ADD COLUMN anchors TEXT",
     ],
-    # 7: reserved for the delivery-confirmation work (issue 10 items 1 and 3) landing beside
-    # this one; the merge puts its statements here.
-    [],
+    # 7: devices that opted into delivery confirmation (store/confirms.py; docs/PROTOCOL.md
+    # section 16). A row per device whose last BIRTH carried key 8 = 1, written by whichever
+    # controller stored that BIRTH and read by every controller of the group.
+    [
+        """CREATE TABLE confirming (
+            device_id TEXT PRIMARY KEY,
+            since DOUBLE PRECISION NOT NULL
+        )""",
+    ],
     # 8: operator accounts and the audit log (store/operators.py, controller/operators.py).
     # `token_hash` is HMAC-SHA256 of the bearer token under a key derived from the master key
     # (the token itself is never stored). `audit` is append-only: nothing updates or deletes

@@ -309,7 +309,10 @@ class MqttLink:
 
     def _connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.cfg.session_expiry
+        cfg = self.cfg
+        props.SessionExpiryInterval = (
+            cfg.shared_session_expiry if cfg.shared_group else cfg.session_expiry
+        )
         props.ReceiveMaximum = RECEIVE_MAXIMUM
         self.client.connect(
             self.cfg.host,

@@ -49,6 +49,9 @@ def make_flash(root: Path, name: str, port: int, kind: str = "ap", **extra: Any)
         "backoff": {"base_ms": 200, "cap_ms": 2000},
         "replay_rate": 200,
         "sim": {"speed": 20, "seed": 7},
+        # v1 behaviour (forget at PUBACK) unless a test opts in: the Observer confirms nothing
+        # unless asked to (Observer.confirm_every)
+        "confirm_ms": 0,
     }
     broker = broker_block("127.0.0.1", port, name, None)
     cfg = device_bundle(name, SITE, "ribeira", kind, key_for(name), broker, **defaults)
@@ -130,6 +133,12 @@ class Observer:
     cmd_seq: int = 0
     cmd_epoch: int = 7
     persistent: bool = False  # keep the session (and queued messages) across broker restarts
+    # > 0: act as a controller confirming delivery (docs/PROTOCOL.md 16): every this many
+    # seconds at most, a CONFIRM to each device naming the uplink messages seen since the last
+    confirm_every: float = 0.0
+    confirming: bool = True  # False: see messages but confirm nothing (a dead controller)
+    confirms: list[tuple[str, int]] = field(default_factory=list)  # (device, payload bytes)
+    _book: Any = None
 
     def start(self) -> Observer:
         c = mqtt.Client(
@@ -143,9 +152,33 @@ class Observer:
         c.connect("127.0.0.1", self.port, keepalive=30)
         c.loop_start()
         self.client = c
+        if self.confirm_every > 0:
+            from controller.domain.confirm import ConfirmBook
+
+            self._book = ConfirmBook(self.confirm_every)
+            threading.Thread(target=self._confirm_loop, daemon=True).start()
         return self
 
+    def _confirm_loop(self) -> None:
+        while self.client is not None and self._book is not None:
+            time.sleep(self.confirm_every / 4)
+            if not self.confirming:
+                continue
+            with self.lock:
+                due = self._book.due(time.monotonic())
+            for device, flat in due:
+                self.cmd_seq += 1
+                topic = f"idu/1/{SITE}/{device}/cmd"
+                msg = Message(
+                    M.CONFIRM, self.cmd_epoch, self.cmd_seq, {M.F_RANGES: flat}, ts=int(time.time())
+                )
+                payload = encode(Signer(key_for(device)), topic, msg)
+                self.client.publish(topic, payload, qos=1)
+                with self.lock:
+                    self.confirms.append((device, len(payload)))
+
     def stop(self) -> None:
+        self._book = None
         if self.client is not None:
             # DISCONNECT first: the network thread then ends at once, where loop_stop() alone
             # waits out its select() (1 s per test)
@@ -168,6 +201,9 @@ class Observer:
             return
         with self.lock:
             self.seen.append(Seen(time.monotonic(), parts[3], parts[4], msg, len(m.payload)))
+            if self._book is not None and self.confirming:
+                self._book.set_confirming(parts[3], True)
+                self._book.add(parts[3], msg.epoch, msg.seq)
 
     def items(self, device: str | None = None, channel: str | None = None) -> list[Seen]:
         with self.lock:

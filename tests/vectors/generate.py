@@ -1,4 +1,4 @@
-"""Writes the protocol test vectors tests/vectors/{valid,noncanonical,invalid,device}.json.
+"""Writes the protocol test vectors tests/vectors/{valid,noncanonical,invalid,device,confirm}.json.
 
 The JSON files are committed and are the source of truth; this script is how they were made, so a
 reviewer can see the intent of every vector. Expected `fields` come from the Message each vector
@@ -109,6 +109,7 @@ FILES: dict[str, list[dict[str, Any]]] = {
     "device": [],
     "admission": [],
     "precedence": [],
+    "confirm": [],
 }
 
 
@@ -1299,6 +1300,71 @@ def build_precedence() -> None:
     )
 
 
+def build_confirm() -> None:
+    """Delivery confirmed by the store (docs/PROTOCOL.md section 16): the BIRTH opt-in, CONFIRM
+    on cmd with its ranges (the limits, the order rule), and the ways a CONFIRM is refused. Kept
+    small: the device subset of the file is read in a 64 KiB heap too."""
+    f = "confirm"
+    cmd = topic(AP, "cmd")
+    C = M.CONFIRM
+    valid(
+        f,
+        "confirm_birth_opts_in",
+        topic(AP, "birth"),
+        Message(M.BIRTH, 12, 2, {0: "0.2.0", 1: "esp32", 2: 0, 7: 3, 8: M.CONFIRM_V1}, up=3),
+    )
+    valid(f, "confirm_one_range", cmd, Message(C, 9, 30, {0: [12, 1001, 5]}, ts=T0))
+    valid(
+        f,
+        "confirm_ranges_over_two_epochs",
+        cmd,
+        Message(C, 9, 31, {0: [11, 250, 3, 12, 1, 40, 12, 42, 7]}, ts=T0),
+    )
+    valid(
+        f,
+        "confirm_largest_seq",
+        cmd,
+        Message(C, 9, 32, {0: [0xFFFFFFFF, 0xFFFFFFFE, 2]}, ts=T0),
+    )
+    most = [x for i in range(M.MAX_CONFIRM_RANGES) for x in (12, 1000 + 3 * i, 2)]
+    valid(f, "confirm_21_ranges", cmd, Message(C, 9, 33, {0: most}, ts=T0))
+    valid(f, "confirm_extra_body_key_kept", cmd, Message(C, 9, 34, {0: [12, 7, 1], 9: "x"}, ts=T0))
+
+    def bad(name: str, body: object, error: str = "bad_field", tpc: str = cmd) -> None:
+        invalid(f, name, tpc, encode(Signer(KEY), tpc, Message(C, 9, 40, body, ts=T0)), error)
+
+    bad("confirm_no_ranges", {})
+    bad("confirm_empty_ranges", {0: []})
+    bad("confirm_ranges_not_array", {0: {12: 5}})
+    bad("confirm_ranges_not_triples", {0: [12, 1001]})
+    bad("confirm_count_zero", {0: [12, 1001, 0]})
+    bad("confirm_count_bool", {0: [12, 1001, True]})
+    bad("confirm_negative_seq", {0: [12, -1, 2]})
+    bad("confirm_past_u32", {0: [12, 0xFFFFFFFF, 2]})
+    bad("confirm_overlapping", {0: [12, 10, 5, 12, 14, 1]})
+    bad("confirm_descending_epochs", {0: [12, 10, 1, 11, 20, 1]})
+    bad("confirm_64_items", {0: most + [13]})  # 22 triples would pass the 64-item array limit
+    bad("confirm_body_array", [12, 10, 1])
+    bad("confirm_on_cfg", {0: [12, 1001, 5]}, "unknown_type", topic(AP, "cfg"))
+    pay = encode(Signer(KEY), cmd, Message(C, 9, 41, {0: [12, 1001, 5]}, ts=T0))
+    invalid(f, "confirm_bad_tag", cmd, pay[:-1] + bytes([pay[-1] ^ 0x01]), "bad_tag")
+    invalid(
+        f,
+        "confirm_other_devices_key",
+        cmd,
+        encode(Signer(KEY_B), cmd, Message(C, 9, 41, {0: [12, 1001, 5]}, ts=T0)),
+        "bad_tag",
+    )
+    rep = topic(AP, "rep")
+    invalid(
+        f,
+        "confirm_on_uplink_rep",
+        rep,
+        encode(Signer(KEY), rep, Message(C, 9, 42, {0: [12, 1001, 5]}, ts=T0)),
+        "unknown_type",
+    )
+
+
 def render(vectors: list[dict[str, Any]]) -> str:
     return "[\n" + ",\n".join(json.dumps(v, ensure_ascii=False) for v in vectors) + "\n]\n"
 
@@ -1343,6 +1409,7 @@ def main(argv: list[str]) -> int:
     build_device_strict()
     build_admission()
     build_precedence()
+    build_confirm()
     status = 0
     for name, vecs in FILES.items():
         names = [v["name"] for v in vecs]
