@@ -192,6 +192,7 @@ _FIELDS = {
         (M.B_KIND, str, 0),
         (M.B_INTERVAL, _U32, 0),
         (M.B_BUFFERED, _U32, 0),
+        (M.B_CONFIRM, _U8, 0),
     ),
     M.DEATH: ((M.D_REASON, _U8, 1),),
     M.EVENT: (

@@ -49,6 +49,7 @@ SPEC: dict[int, dict[int, tuple[object, bool]]] = {
         5: (str, False),
         6: (U32, False),
         7: (U32, False),
+        8: (U8, False),
     },
     M.DEATH: {0: (U8, True)},
     M.EVENT: {0: (U16, True), 1: (U8, False), 2: (str, False), 3: (dict, False)},
@@ -92,6 +93,24 @@ def metrics_ok(m: object) -> bool:
     )
 
 
+def confirm_ok(body: object) -> bool:
+    """Section 16: {0: [epoch, first, count, ...]}, 1..21 triples of uint32 (count >= 1, the
+    range inside uint32), each starting after the previous one ends."""
+    if type(body) is not dict or type(body.get(0)) is not list:
+        return False
+    flat = body[0]
+    if not 1 <= len(flat) <= 3 * M.MAX_CONFIRM_RANGES or len(flat) % 3:
+        return False
+    end = (-1, -1)
+    for e, f, n in zip(flat[0::3], flat[1::3], flat[2::3], strict=True):
+        if not (is_uint(e, U32) and is_uint(f, U32) and type(n) is int and n >= 1):
+            return False
+        if f + n - 1 > U32 or (e, f) <= end:
+            return False
+        end = (e, f + n - 1)
+    return True
+
+
 def expected(mtype: int, ts: object, up: object, body: object) -> str | None:
     """The code the spec names for a sealed, well-formed envelope of these fields (None: valid).
     Only for what the generator varies: values, field types and ranges, time fields."""
@@ -113,6 +132,8 @@ def expected(mtype: int, ts: object, up: object, body: object) -> str | None:
             )
         )
         return None if ok else "bad_field"
+    if mtype == M.CONFIRM:
+        return None if confirm_ok(body) else "bad_field"
     if type(body) is not dict:
         return "bad_field"
     for key, (kind, required) in SPEC[mtype].items():
@@ -189,6 +210,29 @@ def broken_metrics(draw: st.DrawFn) -> dict[int, Any]:
 
 
 @st.composite
+def confirm_bodies(draw: st.DrawFn) -> object:
+    """Ascending disjoint ranges, then (usually) one thing broken: a value, the order, the count."""
+    flat: list[Any] = []
+    e, f = draw(st.integers(0, 5)), 0
+    for _ in range(draw(st.integers(1, M.MAX_CONFIRM_RANGES + 1))):
+        if draw(st.booleans()):
+            e, f = e + draw(st.integers(1, 3)), 0
+        n = draw(st.integers(1, 50))
+        flat += [e, f, n]
+        f += n + draw(st.integers(0, 5))
+    fault = draw(st.integers(0, 5))
+    if fault == 1:
+        flat[draw(st.integers(0, len(flat) - 1))] = draw(faulty)
+    elif fault == 2 and len(flat) > 3:
+        flat[3], flat[4] = flat[0], flat[1]  # the second range starts inside the first
+    elif fault == 3:
+        flat = flat[:-1]  # not whole triples
+    elif fault == 4:
+        return draw(nested)
+    return {0: flat}
+
+
+@st.composite
 def bodies_of(draw: st.DrawFn, mtype: int) -> object:
     if mtype == M.REPORT:
         return draw(broken_metrics()) if draw(st.integers(0, 9)) else draw(nested)
@@ -202,6 +246,8 @@ def bodies_of(draw: st.DrawFn, mtype: int) -> object:
                 | st.tuples(st.integers(0, U32), broken_metrics()).map(list)
             )
         return samples if draw(st.integers(0, 9)) else draw(nested)
+    if mtype == M.CONFIRM:
+        return draw(confirm_bodies())
     spec = SPEC[mtype]
     body: dict[int, Any] = {
         k: draw(good(kind)) for k, (kind, req) in spec.items() if req or draw(st.booleans())

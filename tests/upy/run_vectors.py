@@ -17,6 +17,12 @@ from protocol.vectors import check
 def main(paths):
     for path in paths:
         for vec in vectors(path):
+            # what check() reads, nothing else: the expected fields are the CPython side's to
+            # compare, and a device never holds a vector's JSON (a 21-range CONFIRM's line is
+            # larger than the message itself)
+            for k in ("fields", "error", "note", "description"):
+                if k in vec:
+                    del vec[k]
             gc.collect()
             try:
                 res = check(vec)
