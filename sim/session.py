@@ -65,11 +65,12 @@ class Snapshot:
     log: list[str]
 
 
-def _stored(db: Path, prefix: str) -> tuple[int, int, int]:
-    """(reports stored, samples stored, duplicate samples) for this run's devices, read-only."""
+def stored_counts(db: Path, like: str) -> tuple[int, int, int]:
+    """(reports stored, samples stored, distinct samples) of the devices whose id matches the SQL
+    LIKE pattern (`prefix-%`, or one id), read-only from a SQLite store: what a run (and the
+    delivery tests) compare with what was sent."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
-        like = prefix + "-%"
         (reports,) = con.execute(
             "SELECT count(*) FROM messages WHERE mtype IN (3, 4) AND device_id LIKE ?", (like,)
         ).fetchone()
@@ -78,7 +79,7 @@ def _stored(db: Path, prefix: str) -> tuple[int, int, int]:
             "sample) FROM raw_samples WHERE device_id LIKE ?",
             (like,),
         ).fetchone()
-        return int(reports), int(samples), int(samples - distinct)
+        return int(reports), int(samples), int(distinct)
     finally:
         con.close()
 
@@ -145,9 +146,9 @@ async def simulate(
                     summary["disable_failed"] = await P.disable(api, [s.id for s in specs])
         if own is not None:
             await asyncio.to_thread(own.stop)
-            summary["stored"], summary["samples"], summary["duplicates"] = _stored(
-                own.db_path, prefix
-            )
+            reports, samples, distinct = stored_counts(own.db_path, prefix + "-%")
+            summary["stored"], summary["samples"] = reports, samples
+            summary["duplicates"] = samples - distinct
     finally:
         if own is not None:
             await loop.run_in_executor(None, own.stop)  # idempotent: after an error too
@@ -342,7 +343,7 @@ async def _wait_stored(
     last = -1.0
     while time.monotonic() < deadline:
         if own is not None:
-            reports, _, _ = await asyncio.to_thread(_stored, own.db_path, prefix)
+            reports, _, _ = await asyncio.to_thread(stored_counts, own.db_path, prefix + "-%")
             if reports >= sent:
                 return True
         else:

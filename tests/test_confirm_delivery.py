@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from controller.keys import MasterKey
 from controller.store import open_store
 from sim.model import Behaviour, DeviceSpec
 from sim.runner import Fleet, Target
+from sim.session import stored_counts
 from tests.controller.harness import ControllerThread, make_config, sqlite_config
 from tests.support.broker import Broker, free_port, wait_port
 
@@ -50,20 +50,7 @@ def register(store: StoreConfig, prefix: str, n: int, kind: str = "ap") -> list[
 
 def stored(db: Path, prefix: str) -> tuple[int, int, int]:
     """(reports stored, samples stored, distinct samples) of devices named prefix-*."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        like = prefix + "-%"
-        (reports,) = con.execute(
-            "SELECT count(*) FROM messages WHERE mtype IN (3, 4) AND device_id LIKE ?", (like,)
-        ).fetchone()
-        samples, distinct = con.execute(
-            "SELECT count(*), count(DISTINCT device_id || ':' || epoch || ':' || seq || ':' || "
-            "sample) FROM raw_samples WHERE device_id LIKE ?",
-            (like,),
-        ).fetchone()
-        return int(reports), int(samples), int(distinct)
-    finally:
-        con.close()
+    return stored_counts(db, prefix + "-%")
 
 
 async def until(pred: Callable[[], bool], timeout: float, what: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -17,6 +16,7 @@ from pathlib import Path
 from controller.config import ConfirmConfig
 from controller.keys import MasterKey
 from protocol import messages as M
+from sim.session import stored_counts
 from tests.controller.harness import ControllerThread, make_config, sqlite_config
 from tests.firmware.harness import Agent, make_flash, ring_count
 from tests.support.broker import Broker
@@ -32,19 +32,8 @@ def wait(pred: Callable[[], object], timeout: float, what: str) -> None:
 
 
 def reports_stored(db: Path, device: str) -> tuple[int, int, int]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        (n,) = con.execute(
-            "SELECT count(*) FROM messages WHERE mtype IN (3, 4) AND device_id = ?", (device,)
-        ).fetchone()
-        samples, distinct = con.execute(
-            "SELECT count(*), count(DISTINCT epoch || ':' || seq || ':' || sample) FROM "
-            "raw_samples WHERE device_id = ?",
-            (device,),
-        ).fetchone()
-        return int(n), int(samples), int(distinct)
-    finally:
-        con.close()
+    """(reports stored, samples stored, distinct samples) of one device."""
+    return stored_counts(db, device)
 
 
 def test_agent_resends_what_a_sigkilled_broker_acked_and_stores_everything_once(
