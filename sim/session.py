@@ -265,7 +265,10 @@ async def _run(
         reconnects=st.reconnects,
         connect_errors=st.connect_errors,
         acks=st.acks,
-        commands=st.commands,
+        downlinks=st.commands,  # every message received on cmd: commands and CONFIRMs
+        confirms=st.confirms,
+        confirmed=st.confirmed,
+        resent=st.resent,
         births=st.births,
         bad_sent=st.bad_sent,
         power_losses=st.power_losses,
