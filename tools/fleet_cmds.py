@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import io
 import json
+import re
 import time
 import urllib.parse
 from typing import Any
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from protocol import messages as M
+from protocol import metrics as pm
 from tools.api_client import ApiClient
 from tools.errors import CliError
 from tools.options import api_option
@@ -94,10 +96,10 @@ def unknown(what: str, name: str, known: list[str] | set[str]) -> CliError:
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
     if close:
         hint = "did you mean " + ", ".join(close) + "?"
-    elif names and len(names) <= 12:
+    elif names and len(names) <= 30:
         hint = "known: " + ", ".join(names)
     elif names:
-        hint = f"{len(names)} known; see `idufleet devices`"
+        hint = f"{len(names)} known, like " + ", ".join(names[:10]) + "; see `idufleet devices`"
     else:
         hint = "none registered yet"
     return CliError(f"no {what} {name!r}; {hint}")
@@ -259,7 +261,30 @@ def metrics(
     """Query one metric of DEVICE (or --zone Z), raw or hourly."""
     if (device is None) == (zone is None):
         raise click.UsageError("give a DEVICE or --zone, not both")
-    out = ApiClient(api).get(
+    for name, value in (("--since", since), ("--until", until)):
+        if value is not None and not _TIME.fullmatch(value):
+            raise click.BadParameter(
+                f"{value!r} is not a time; give unix seconds (1718000000) or a duration back "
+                "from now: 90s, 15m, 6h, 30d, 2w",
+                param_hint=name,
+            )
+    try:
+        pm.lookup(metric)
+    except KeyError:
+        close = difflib.get_close_matches(metric, list(pm.BY_NAME), n=5, cutoff=0.5)
+        raise click.BadParameter(
+            f"no metric {metric!r}; "
+            + ("did you mean " + ", ".join(close) + "?" if close else "")
+            + " `idufleet protocol metrics` lists them (a name or a numeric id)",
+            param_hint="--metric",
+        ) from None
+    client = ApiClient(api)
+    if device is not None:
+        get_device(client, device)
+    else:
+        assert zone is not None
+        check_zone(client, zone)
+    out = client.get(
         "/api/metrics",
         device=device,
         zone=zone,
@@ -296,6 +321,8 @@ def metrics(
             t.add_row(*row, _with_unit(p["value"], unit))
     Console().print(t)
 
+
+_TIME = re.compile(r"\d+(\.\d+)?[smhdw]?")
 
 _OPS = ("ping", "reboot", "diagnostics", "set-config")
 

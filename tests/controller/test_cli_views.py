@@ -115,3 +115,37 @@ def test_device_show_and_filters(fleet: ControllerThread) -> None:
     assert ids("--site", "porto", "--zone", "ribeira") == ["ap-ribeira-1", "ap-ribeira-2"]
     r = run(fleet, "devices", "--tag", "street")
     assert r.exit_code == 2 and "KEY=VALUE" in r.output
+
+
+def test_typos_are_errors_with_close_names(fleet: ControllerThread) -> None:
+    r = run(fleet, "metrics", "nosuch", "--metric", "clients")
+    assert r.exit_code == 1 and "no device 'nosuch'" in r.output and "ap-foz-1" in r.output
+    r = run(fleet, "metrics", "ap-ribeira-l", "--metric", "clients")
+    assert r.exit_code == 1 and "ap-ribeira-1?" in r.output, r.output
+    r = run(fleet, "metrics", "--zone", "nowhere", "--metric", "clients")
+    assert r.exit_code == 1 and "no zone 'nowhere'" in r.output and "foz" in r.output
+    r = run(fleet, "devices", "--zone", "ribiera")
+    assert r.exit_code == 1 and "did you mean ribeira" in r.output, r.output
+    r = run(fleet, "device", "show", "ap-fox-1")
+    assert r.exit_code == 1 and "did you mean ap-foz-1" in r.output, r.output
+    r = run(fleet, "metrics", "--zone", "ribeira", "--metric", "clients", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["points"][0]["value"] == 5.0
+    r = run(fleet, "devices", "--zone", "foz", "--offline", "--json")  # a known zone: empty is ok
+    assert r.exit_code == 0 and json.loads(r.output)[0]["id"] == "ap-foz-1"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["metrics", "ap-1", "--metric", "clients", "--since", "yesterday"], 2, "90s, 15m, 6h"),
+        (["metrics", "ap-1", "--metric", "clientz"], 2, "did you mean clients"),
+        (["protocol", "decode", "foo", "zz"], 2, "idu/1/SITE/DEVICE/CHANNEL"),
+        (["protocol", "decode", "idu/1/porto/ap-1/rep", "zz"], 2, "is not hex; give"),
+        (["devices", "--api", "127.0.0.1:8080"], 1, "give http://HOST:PORT"),
+    ],
+)
+def test_bad_values_say_what_is_accepted(args: list[str], code: int, says: str) -> None:
+    r = CliRunner().invoke(cli, args, env={"IDUFLEET_API": "http://127.0.0.1:1"})
+    assert r.exit_code == code, r.output
+    assert says in r.output
+    assert len([ln for ln in r.output.splitlines() if ln.startswith("Error")]) == 1
