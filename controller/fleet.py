@@ -19,6 +19,7 @@ from controller.config import Config
 from controller.devices import DeviceCache
 from controller.domain.commands import CommandIssuer, OutgoingCommand
 from controller.domain.ingest import DeviceState
+from controller.domain.records import PresenceEvent
 from controller.domain.rotation import ACK_TIMEOUT_S, ARG_KEY, GRACE_S, DualSigner, current
 from controller.errors import CommandError
 from controller.keys import MasterKey, new_device_key
@@ -46,6 +47,7 @@ class Fleet:
         issuer: CommandIssuer,
         publish: Publish,
         metrics: Metrics,
+        on_presence: Callable[[PresenceEvent], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.db = db
@@ -54,6 +56,9 @@ class Fleet:
         self.issuer = issuer
         self.publish = publish
         self.metrics = metrics
+        # where a presence change an operator action causes goes: the pipeline's own queue
+        # (stored with the next batch, like one a message causes)
+        self.on_presence = on_presence
 
     # --- registry ----------------------------------------------------------------------------
     async def register(
@@ -78,6 +83,9 @@ class Fleet:
         dev = self.devices.get(device_id)
         if dev is not None:
             dev.active = False
+            change = dev.presence.on_disabled()
+            if change is not None and self.on_presence is not None:
+                self.on_presence(PresenceEvent(device_id, time.time(), *change))
         log.info("device disabled", extra={"device": device_id})
 
     async def enable(self, device_id: str) -> None:
