@@ -107,6 +107,7 @@ class Controller:
             CommandIssuer(epoch),
             self.link.publish,
             self.metrics,
+            on_presence=self.pipeline.note_presence,
         )
         self.pipeline.confirm.send = self.fleet.send_confirm
         log.info(

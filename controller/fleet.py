@@ -19,6 +19,7 @@ from controller.config import Config
 from controller.devices import DeviceCache
 from controller.domain.commands import CommandIssuer, OutgoingCommand
 from controller.domain.ingest import DeviceState
+from controller.domain.records import PresenceEvent
 from controller.domain.rotation import ACK_TIMEOUT_S, ARG_KEY, GRACE_S, DualSigner, current
 from controller.errors import CommandError
 from controller.keys import MasterKey, new_device_key
@@ -31,6 +32,8 @@ from protocol.sign import Signer
 log = logging.getLogger("idufleet.controller")
 
 Publish = Callable[[str, bytes, int], None]
+# diagnostics ack data keys by name (protocol/messages.py DG_*), for the device view
+DG_NAMES = {v: k[3:].lower() for k, v in vars(M).items() if k.startswith("DG_")}
 WAIT_POLL_S = 0.05  # how often a waiting command re-reads its row (another controller may ACK)
 
 
@@ -44,6 +47,7 @@ class Fleet:
         issuer: CommandIssuer,
         publish: Publish,
         metrics: Metrics,
+        on_presence: Callable[[PresenceEvent], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.db = db
@@ -52,6 +56,9 @@ class Fleet:
         self.issuer = issuer
         self.publish = publish
         self.metrics = metrics
+        # where a presence change an operator action causes goes: the pipeline's own queue
+        # (stored with the next batch, like one a message causes)
+        self.on_presence = on_presence
 
     # --- registry ----------------------------------------------------------------------------
     async def register(
@@ -76,6 +83,9 @@ class Fleet:
         dev = self.devices.get(device_id)
         if dev is not None:
             dev.active = False
+            change = dev.presence.on_disabled()
+            if change is not None and self.on_presence is not None:
+                self.on_presence(PresenceEvent(device_id, time.time(), *change))
         log.info("device disabled", extra={"device": device_id})
 
     async def enable(self, device_id: str) -> None:
@@ -235,14 +245,33 @@ class Fleet:
         return out
 
     async def device(self, device_id: str, events: int = 20) -> dict[str, Any] | None:
-        """One device: its record, the latest value of each metric, its last events."""
+        """One device: its record, the latest value of each metric (with its unit), its last
+        events and presence changes, and its last diagnostics (DG_* keys by name)."""
         rec = await self.db.call(lambda s: s.get_device(device_id))
         if rec is None:
             return None
         d = rec.public()
+        live = self.devices.get(device_id)
+        if live is not None:
+            d["online"] = live.presence.online
+            d["last_seen"] = live.presence.last_seen
         latest = await self.db.call(lambda s: s.latest(device_id))
-        d["latest"] = {pm.name(m): {"ts": ts, "value": v} for m, (ts, v) in sorted(latest.items())}
+        d["latest"] = {
+            pm.name(m): {"ts": ts, "value": v, "unit": pm.REGISTRY.get(m, (None, None))[1]}
+            for m, (ts, v) in sorted(latest.items())
+        }
         d["events"] = await self.db.call(lambda s: s.device_events(device_id, events))
+        d["presence"] = (await self.db.call(lambda s: s.presence_events(device_id, 0.0, 100000)))[
+            -events:
+        ]
+        diag = await self.db.call(lambda s: s.last_command_data(device_id, M.OP_DIAGNOSTICS))
+        d["diagnostics"] = None
+        if diag is not None:
+            acked, data = diag
+            d["diagnostics"] = {
+                "acked": acked,
+                "values": {DG_NAMES.get(int(k), str(k)): v for k, v in data.items()},
+            }
         return d
 
     async def command(self, epoch: int, seq: int) -> dict[str, Any] | None:

@@ -164,6 +164,12 @@ class Pipeline:
         self.health.store_failing_since = self.db.failing_since
         return self.health.reasons(now)
 
+    def note_presence(self, ev: PresenceEvent) -> None:
+        """A presence change from outside the message path (an operator disabled the device):
+        stored with the next batch, like the ones messages cause."""
+        self._presence(ev)
+        self._wake.set()
+
     def _presence(self, ev: PresenceEvent) -> None:
         self.presence.append(ev)
         log.info("presence", extra={"device": ev.device, "state": ev.state, "reason": ev.reason})

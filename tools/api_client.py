@@ -35,7 +35,14 @@ def resolve(base: str | None, token: str | None) -> tuple[str, str]:
             base = cfg.cli.api or (f"http://{host}:{cfg.api.port}" if cfg.api.port else None)
         if token is None:
             token = cfg.cli.token or cfg.api.token
-    return (base or DEFAULT_API).rstrip("/"), token or ""
+    base = (base or DEFAULT_API).rstrip("/")
+    scheme = urllib.parse.urlsplit(base).scheme
+    if scheme not in ("http", "https") or "://" not in base:
+        raise CliError(
+            f"--api {base!r} is not a URL; give http://HOST:PORT or https://HOST:PORT "
+            f"(like http://{base.split('://')[-1] or '127.0.0.1:8080'})"
+        )
+    return base, token or ""
 
 
 class ApiClient:

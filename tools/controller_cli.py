@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from tools.demo import demo
-from tools.fleet_cmds import command, devices, metrics, quarantine
+from tools.fleet_cmds import command, device_show, devices, metrics, quarantine
 from tools.serve_cmds import device_group, init_cmd, serve
+
+device_group.add_command(device_show)  # `device show ID` reads through the API
 
 CONTROLLER_COMMANDS: list[click.Command] = [
     init_cmd,

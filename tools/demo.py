@@ -49,6 +49,11 @@ MARKER = ".idufleet-demo"
 SHOW = {"ap": ("clients", "channel_util_5g"), "sensor": ("noise_laeq", "pm2_5", "temperature")}
 
 
+# Ctrl-C, a kill, and the terminal closing (SIGHUP, whose default would end the demo at once
+# and leave the broker and agents, each in its own session, running) all stop it in order.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -258,13 +263,13 @@ async def run_demo(
             flashes.append((dev_id, flash))
     finally:
         store.close()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:  # before anything is started, so nothing outlives a signal
+        loop.add_signal_handler(sig, stop.set)
     prepare_firmware()
     started.broker = start_broker(workdir, mqtt_port)
     ctl = Controller(cfg, master)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     ctl_task = asyncio.create_task(ctl.run())
     try:
         deadline = time.monotonic() + 15
@@ -293,7 +298,7 @@ async def run_demo(
             await asyncio.wait_for(ctl_task, 20)
         if started.broker is not None:
             stop_process(started.broker)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
     store = open_store(cfg.store)
     try:
@@ -365,7 +370,8 @@ def demo(seconds: float, n_devices: int, interval: int, workdir: Path, as_json: 
             f"[red]agents that exited with an error:[/] {', '.join(summary['agents_crashed'])} "
             f"(see {workdir}/devices/<id>/agent.log)"
         )
-    console.print(f"""
+    console.print(
+        f"""
 [bold]Where the data is[/]
   IDU store (SQLite, WAL): {db}
   device flashes + agent logs: {workdir}/devices/<device>/
@@ -377,5 +383,9 @@ def demo(seconds: float, n_devices: int, interval: int, workdir: Path, as_json: 
   .venv/bin/idufleet devices
   .venv/bin/idufleet metrics --zone ribeira --metric clients --hourly --since 2h
   .venv/bin/idufleet metrics ap-baixa-1 --metric clients --since 10m
-  sqlite3 {db} "SELECT zone, metric, n, vmin, vmax, vsum / n FROM rollup_zone ORDER BY zone, metric"
-""")
+  .venv/bin/python -c "import sqlite3; print(*sqlite3.connect('{db}').execute(
+    'SELECT zone, metric, n, vmin, vmax, vsum / n FROM rollup_zone ORDER BY 1, 2'),
+    sep='\\n')"  # Python's own sqlite3 module: no sqlite3 binary needed
+""",
+        soft_wrap=True,
+    )

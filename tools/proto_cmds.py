@@ -5,7 +5,7 @@ import json
 
 import click
 
-from protocol import ProtocolError, Signer, decode
+from protocol import ProtocolError, Signer, decode, topics
 from protocol import messages as M
 from protocol.metrics import REGISTRY
 from protocol.vectors import to_json
@@ -24,9 +24,21 @@ def protocol() -> None:
 def decode_cmd(topic: str, payload_hex: str, key_hex: str | None) -> None:
     """Decode (and with --key-hex verify) one payload captured on TOPIC."""
     try:
+        topics.parse(topic)
+    except (ValueError, ProtocolError):
+        raise click.BadParameter(
+            f"{topic!r} is not an idufleet topic; give one like {topics.PREFIX}porto/ap-1/rep "
+            f"({topics.PREFIX}SITE/DEVICE/CHANNEL)",
+            param_hint="TOPIC",
+        ) from None
+    try:
         payload = bytes.fromhex(payload_hex)
-    except ValueError as e:
-        raise click.BadParameter(f"not hex: {e}; pass the payload as hex digits") from e
+    except ValueError:
+        raise click.BadParameter(
+            f"{payload_hex!r} is not hex; give the payload as hex digits (as mosquitto_sub -F %x "
+            "prints it), like 8a00...",
+            param_hint="PAYLOAD_HEX",
+        ) from None
     signer = None
     if key_hex:
         try:

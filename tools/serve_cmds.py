@@ -18,7 +18,7 @@ from controller.keys import load_master
 from controller.logs import setup
 from controller.store import open_store
 from tools.errors import CliError
-from tools.options import read_wifi, wifi_options
+from tools.options import BROKER_DIR, dir_option, read_wifi, wifi_options
 
 _config_option = click.option(
     "--config",
@@ -219,6 +219,43 @@ def device_disable(config_path: Path | None, device_id: str) -> None:
 @device_group.command("enable")
 @_config_option
 @click.argument("device_id")
-def device_enable(config_path: Path | None, device_id: str) -> None:
-    """Accept DEVICE_ID's messages again."""
+@dir_option(
+    "--broker-dir",
+    None,
+    BROKER_DIR,
+    "Broker directory from `idufleet broker init` (admin credentials), to re-enable the "
+    "device's broker account as `device revoke` disabled it.",
+)
+@click.option("--broker-host", default="127.0.0.1", show_default=True, help="Broker host.")
+@click.option("--no-broker-account", is_flag=True, help="Broker without accounts (demo).")
+def device_enable(
+    config_path: Path | None,
+    device_id: str,
+    broker_dir: Path,
+    broker_host: str,
+    no_broker_account: bool,
+) -> None:
+    """Accept DEVICE_ID's messages again: the registry entry and (undoing `device revoke`) its
+    broker account."""
     _set_status(config_path, device_id, True)
+    if no_broker_account:
+        return
+    from controller.provisioning.revocation import enable_broker
+    from controller.security.broker_config import CREDENTIALS
+    from tools.provision_cmds import _admin
+
+    fix = (
+        f"its broker account may still be disabled: run `idufleet broker device enable "
+        f"{device_id} --broker-dir DIR` with the broker's directory"
+    )
+    if not (broker_dir / CREDENTIALS).is_file():
+        click.echo(f"{device_id}: registry only; no {broker_dir / CREDENTIALS}, so {fix}")
+        return
+    try:
+        with _admin(broker_dir, broker_host) as admin:
+            enable_broker(admin, device_id)
+    except (CliError, ControllerError) as e:
+        raise CliError(
+            f"{device_id} enabled in the registry, not at the broker ({e}); {fix}"
+        ) from None
+    click.echo(f"{device_id}: broker account enabled")

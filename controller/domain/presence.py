@@ -53,6 +53,14 @@ class Presence:
             return ONLINE, "seen"
         return None
 
+    def on_disabled(self) -> tuple[str, str] | None:
+        """The operator disabled or revoked the device: offline now, not at the silence
+        timeout (whatever it still sends is refused before it reaches presence)."""
+        if self.online:
+            self.online = False
+            return OFFLINE, "disabled"
+        return None
+
     def on_tick(self, now: float, offline_after: float) -> tuple[str, str] | None:
         if self.online and self.last_seen is not None and now - self.last_seen > offline_after:
             self.online = False

@@ -74,6 +74,18 @@ class Commands(StoreCore):
             "data": json.loads(r[10]) if r[10] else None,
         }
 
+    def last_command_data(self, device: str, op: int) -> tuple[float, dict[str, Any]] | None:
+        """(acked, data) of the newest command `op` the device answered with data (its last
+        diagnostics, say), or None."""
+        rows = self._execute(
+            "SELECT acked, data FROM commands WHERE device_id = ? AND op = ? AND data IS NOT NULL"
+            " AND acked IS NOT NULL ORDER BY acked DESC LIMIT 1",
+            (device, op),
+        )
+        if not rows:
+            return None
+        return float(rows[0][0]), json.loads(rows[0][1])
+
     def _apply_acks(self, fresh: list[Accepted]) -> None:
         """Settle the commands that the batch's new ACKs answer. Only the device a command was
         sent to can settle it, and only once (acked IS NULL). An ACK with result 5 (bad tag)

@@ -52,3 +52,50 @@ def test_demo_runs_agents_end_to_end(tmp_path: Path) -> None:
     # nothing left running: no broker, no agent (their pids are gone)
     out = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True)
     assert out.stdout.strip() == ""
+
+
+def test_demo_sighup_stops_everything(tmp_path: Path) -> None:
+    """Closing the terminal (SIGHUP) stops the demo like Ctrl-C: no broker, no agent left."""
+    import signal
+    import time
+
+    workdir = tmp_path / "demo"
+    p = subprocess.Popen(
+        [IDUFLEET, "demo", "--seconds", "120", "--devices", "3", "--interval", "1",
+         "--dir", str(workdir), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+    def running() -> list[str]:
+        out = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True)
+        return [pid for pid in out.stdout.split() if int(pid) != p.pid]
+
+    try:
+        deadline = time.monotonic() + 60
+        while len(running()) < 4 and time.monotonic() < deadline:  # the broker and 3 agents
+            assert p.poll() is None, p.stderr.read().decode()[-2000:] if p.stderr else ""
+            time.sleep(0.1)
+        assert len(running()) >= 4, "demo did not start its broker and agents"
+        p.send_signal(signal.SIGHUP)
+        assert p.wait(40) == 0
+        assert running() == []
+    finally:
+        if p.poll() is None:
+            p.kill()
+        for pid in running():
+            subprocess.run(["kill", pid], check=False)
+
+
+def test_demo_hint_works_without_the_sqlite3_binary(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [IDUFLEET, "demo", "--seconds", "1", "--devices", "1", "--dir", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "import sqlite3" in r.stdout and "idufleet devices" in r.stdout
+    cmd = r.stdout[r.stdout.index(".venv/bin/python -c") :].split("  # ")[0]
+    q = subprocess.run(cmd.replace(".venv/bin/python", sys.executable), shell=True,
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert q.returncode == 0 and q.stderr == "", q.stderr  # runs as printed (no rows yet: 1 s)
+    assert not any(line.strip().startswith("sqlite3 ") for line in r.stdout.splitlines())

@@ -271,3 +271,14 @@ def test_below_the_window_is_late_not_a_replay_and_retention_bounds_it() -> None
     with pytest.raises(Rejected) as e:
         c.ingest(*payload(M.REPORT, 1002, {16: 2}), NOW + 31 * 86400)  # ts 31 days old
     assert e.value.reason == "beyond_retention"
+
+
+def test_presence_disabled_goes_offline_once() -> None:
+    from controller.domain.presence import Presence
+
+    p = Presence()
+    assert p.on_disabled() is None  # already offline: nothing to record
+    assert p.on_message(M.BIRTH, 1, 1, {}, 100.0) == ("online", "birth")
+    assert p.on_disabled() == ("offline", "disabled")
+    assert p.on_disabled() is None
+    assert p.on_tick(1000.0, 30) is None  # no second "silent" offline later
