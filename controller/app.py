@@ -15,7 +15,13 @@ from controller.api.http import ApiOps, start_api
 from controller.config import Config
 from controller.devices import DeviceCache
 from controller.domain.commands import CommandIssuer
-from controller.domain.health import BROKER_DROPPING, COMMIT_STALE, STORE_FAILING
+from controller.domain.health import (
+    BROKER_DROPPING,
+    BROKER_REFUSED,
+    COMMIT_STALE,
+    DEVICE_KEYS_UNOPENED,
+    STORE_FAILING,
+)
 from controller.domain.ingest import IngestCore
 from controller.fleet import Fleet
 from controller.keys import MasterKey, load_master
@@ -25,7 +31,13 @@ from controller.pipeline import Pipeline
 from controller.store.thread import StoreThread
 
 log = logging.getLogger("idufleet.controller")
-HEALTH_REASONS = (STORE_FAILING, COMMIT_STALE, BROKER_DROPPING)
+HEALTH_REASONS = (
+    STORE_FAILING,
+    COMMIT_STALE,
+    BROKER_DROPPING,
+    BROKER_REFUSED,
+    DEVICE_KEYS_UNOPENED,
+)
 
 
 class _Shutdown(Exception):
@@ -63,7 +75,8 @@ class Controller:
 
     def health(self) -> dict[str, Any]:
         """The /health snapshot. `status` is "failing" (HTTP 503) while `reasons` names any of
-        controller.domain.health's causes: the store failing, commits stale, broker drops."""
+        controller.domain.health's causes: the store failing, commits stale, broker drops, the
+        broker refusing our login, no registered device's key opening with the master key."""
         now = time.time()
         reasons = self.pipeline.health_reasons(now)
         for r in HEALTH_REASONS:
@@ -76,6 +89,7 @@ class Controller:
             "status": "failing" if reasons else "ok",
             "reasons": reasons,
             "mqtt_connected": self.link.connected.is_set(),
+            "mqtt_refused": self.link.refused,
             "store": self.cfg.store.backend,
             "store_ok": failing is None,
             "store_failing_s": None if failing is None else round(now - failing, 1),
@@ -88,6 +102,8 @@ class Controller:
             "broker_dropped": h.dropped,
             "broker_drops_seen": h.drops_seen,
             "devices": len(self.devices),
+            "devices_loaded": h.devices_loaded,
+            "devices_registered": h.devices_registered,
             "online": self.devices.online(),
             "uptime_s": round(time.time() - self.started, 1),
             "batched": len(self.pipeline.batcher),

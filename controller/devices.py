@@ -27,6 +27,7 @@ class DeviceCache:
         self.core = core
         self.master = master
         self._unknown: dict[str, float] = {}  # device id -> when to ask the store again
+        self.unopened: set[str] = set()  # registered, but the key does not open (wrong master)
 
     def state(self, rec: DeviceRecord) -> DeviceState:
         """The domain state of a registry record. Raises KeyWrapError if its key does not open."""
@@ -66,7 +67,9 @@ class DeviceCache:
         self._unknown.pop(rec.id, None)
         try:
             self.core.add(self.state(rec))
+            self.unopened.discard(rec.id)
         except KeyWrapError as e:
+            self.unopened.add(rec.id)
             log.error(
                 "device key does not open; device ignored",
                 extra={"device": rec.id, "error": str(e)},
@@ -102,6 +105,10 @@ class DeviceCache:
         if len(self._unknown) > NEGATIVE_MAX:  # bounded: forget expired entries
             self._unknown = {d: t for d, t in self._unknown.items() if t > now}
         self._unknown[device_id] = now + NEGATIVE_TTL
+
+    def registered(self) -> int:
+        """Devices the registry holds: those loaded and those whose key did not open."""
+        return len(self.core.devices) + len(self.unopened)
 
     def online(self) -> int:
         return sum(d.presence.online for d in self.core.devices.values())

@@ -162,6 +162,9 @@ class Pipeline:
     def health_reasons(self, now: float) -> list[str]:
         """Why /health should answer 503 now (empty: healthy)."""
         self.health.store_failing_since = self.db.failing_since
+        self.health.broker_refused = self.link.refused
+        self.health.devices_loaded = len(self.devices)
+        self.health.devices_registered = self.devices.registered()
         return self.health.reasons(now)
 
     def note_presence(self, ev: PresenceEvent) -> None:

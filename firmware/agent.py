@@ -238,7 +238,16 @@ class Agent:
                 print("idu:", "connected", link.conn_id)
                 await link.run()
             except Exception as e:  # any link failure means reconnect
-                print("idu:", "link down:", repr(e))
+                a = e.args
+                if len(a) == 2 and a[0] == "CONNACK" and a[1] in (4, 5):  # bad login / not allowed
+                    print(
+                        "idu:",
+                        "login refused, CONNACK",
+                        a[1],
+                        "- register this device or use its bundle",
+                    )
+                else:
+                    print("idu:", "link down:", repr(e))
             if link.connect_sent:
                 death_seq = 0  # the broker may hold (and publish) this will: never reuse it
             self.ready = False

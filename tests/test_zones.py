@@ -211,7 +211,9 @@ def test_provision_refuses_an_unknown_zone_before_anything_exists(
 
 
 def test_cli_config_check_shows_the_zones(tmp_path: Path) -> None:
-    r = run(write_config(tmp_path), "serve", "--check")
+    cfg = write_config(tmp_path)
+    assert run(cfg, "init").exit_code == 0  # --check also wants the master key
+    r = run(cfg, "serve", "--check")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["fleet"]["zones"] == list(DEFAULT_ZONES)
     assert Config().fleet.zones == DEFAULT_ZONES

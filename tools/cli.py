@@ -9,6 +9,7 @@ from tools import proto_cmds, provision_cmds
 from tools.broker_cmds import broker_group
 from tools.ca_cmds import ca_group
 from tools.controller_cli import CONTROLLER_COMMANDS
+from tools.doctor import doctor_command
 from tools.firmware_build import firmware_group
 from tools.flash_cmds import flash_cmd
 from tools.operator_cmds import audit, operator_group
@@ -34,6 +35,7 @@ cli.add_command(simulate_cmd)
 cli.add_command(release_group)
 cli.add_command(operator_group)
 cli.add_command(audit)
+cli.add_command(doctor_command())
 
 
 def main() -> None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 from pathlib import Path
 
 import click
 
 from tools import binaries
+from tools.options import api_option, token_option
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
@@ -154,6 +154,15 @@ def sim_config(
     help="Flash directory (default var/flash/<device>); an existing config is kept.",
 )
 @click.option("--heap", default=AGENT_HEAP, show_default=True)
+@click.option("--zone", default=None, help="Zone to register the device in (with --token).")
+@click.option(
+    "--bundle",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Run an existing device bundle (`device add --bundle`, `provision`) instead.",
+)
+@api_option
+@token_option
 def run_cmd(
     host: str,
     port: int,
@@ -164,29 +173,57 @@ def run_cmd(
     speed: float,
     flash: Path | None,
     heap: str,
+    zone: str | None,
+    bundle: Path | None,
+    api: str | None,
+    token: str | None,
 ) -> None:
-    """Build the firmware and run one sim agent on the unix port against a broker."""
+    """Build the firmware and run one sim agent on the unix port against a broker: registered
+    through the controller's API first (--zone; --api and --token or the config's), or from an
+    existing --bundle. A refused broker login is one console line (CONNACK 4/5) with the fix."""
     try:
         build()
+        if bundle is not None:
+            doc = json.loads(bundle.read_text())
+            device = str(doc["device"])
         flash = flash or ROOT / "var" / "flash" / device
         cfg_path = flash / "config.json"
-        if not cfg_path.exists():
-            flash.mkdir(parents=True, exist_ok=True)
-            key_hex = key_hex or secrets.token_hex(32)
-            cfg_path.write_text(
-                json.dumps(
-                    sim_config(device, host, port, key_hex, kind, interval=interval, speed=speed)
+        if bundle is not None:
+            doc["board"] = "sim"  # the unix port simulates the hardware
+            doc.setdefault("sim", {"speed": speed, "seed": 1})
+            _write_config(cfg_path, doc)
+            click.echo(f"running {device} from {bundle}", err=True)
+        elif not cfg_path.exists():
+            if key_hex is None:
+                if zone is None:
+                    raise click.UsageError(
+                        "give --zone (and --token/--api, or a config) to register the device "
+                        "with the controller, --bundle FILE of a registered device, or --key-hex"
+                    )
+                from tools.api_client import ApiClient
+
+                new = ApiClient(api, token).post(
+                    "/api/devices", {"id": device, "zone": zone, "kind": kind}
                 )
-            )
-            cfg_path.chmod(0o600)
-            click.echo(
-                f"wrote {cfg_path}; device key {key_hex} (register it with the controller)",
-                err=True,
-            )
+                key_hex = str(new["key"])
+                click.echo(f"registered {device} in {zone} through the controller API", err=True)
+            doc = sim_config(
+                device, host, port, key_hex, kind, zone=zone or "ribeira", interval=interval,
+                speed=speed,
+            )  # fmt: skip
+            _write_config(cfg_path, doc)
+            click.echo(f"wrote {cfg_path}", err=True)
         argv, env = agent_command(flash, heap)
-    except BuildError as e:
+    except (BuildError, ValueError, KeyError) as e:
         raise click.ClickException(str(e)) from e
     os.execve(argv[0], argv, env)
+
+
+def _write_config(cfg_path: Path, doc: dict[str, object]) -> None:
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(doc))
 
 
 if __name__ == "__main__":

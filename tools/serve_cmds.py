@@ -4,6 +4,7 @@ straight to the store named in the config: used on the controller host and by th
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
@@ -98,15 +99,56 @@ def init_cmd(config_path: Path | None, create_dirs: bool) -> None:
     click.echo("created " + ", ".join(made) if made else "nothing to create: all present")
 
 
+def check_problems(cfg: Config) -> list[str]:
+    """What would stop `serve` from working although the config parses: each a line with the
+    fix. Read-only (creates nothing)."""
+    out: list[str] = []
+    try:
+        load_master(cfg.keys, create=False)
+    except ControllerError as e:
+        out.append(str(e))
+    if cfg.mqtt.username and not cfg.mqtt.password:
+        out.append(
+            f"mqtt.password is empty for broker user {cfg.mqtt.username!r}: set "
+            "IDUFLEET_MQTT_PASSWORD (in /etc/idufleet/env, mode 0600) to the password "
+            "`idufleet broker init` wrote to secrets/broker/controller.password"
+        )
+    return out
+
+
+def _port_taken(cfg: Config, e: OSError) -> CliError:
+    where = f"{cfg.api.host}:{cfg.api.port}"
+    if e.errno == errno.EACCES:
+        return CliError(
+            f"API port {where} needs privileges this user lacks: set api.port >= 1024 in the "
+            "config (or IDUFLEET_API_PORT)"
+        )
+    return CliError(
+        f"API port {where} is already taken (another `idufleet serve`?): stop what holds it "
+        f"(`ss -ltnp 'sport = :{cfg.api.port}'` shows it) or set another api.port in the "
+        "config (or IDUFLEET_API_PORT)"
+    )
+
+
 @click.command("serve")
 @_config_option
 @click.option("--init", is_flag=True, help="First run `idufleet init` (master key and store).")
 @_create_dirs_option
-@click.option("--check", is_flag=True, help="Validate the config, print it (secrets hidden), exit.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Validate the config, the master key and the broker password; print the config "
+    "(secrets hidden), exit.",
+)
 def serve(config_path: Path | None, init: bool, create_dirs: bool, check: bool) -> None:
     """Run the fleet controller until SIGTERM/SIGINT (then flush and disconnect cleanly)."""
     cfg = _load(config_path)
     if check:
+        problems = check_problems(cfg)
+        if problems:
+            for line in problems:
+                click.echo(f"Error: {line}", err=True)
+            raise SystemExit(1)
         click.echo(json.dumps(cfg.redacted(), indent=2))
         return
     setup(cfg.log.level, cfg.log.json)
@@ -119,6 +161,15 @@ def serve(config_path: Path | None, init: bool, create_dirs: bool, check: bool) 
         asyncio.run(_serve(cfg))
     except ControllerError as e:
         raise CliError(str(e)) from None
+    except OSError as e:
+        if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise CliError(
+                    f"api.host {cfg.api.host!r} is not an address of this machine: fix api.host "
+                    "in the config (127.0.0.1, or 0.0.0.0 for every interface)"
+                ) from None
+            raise _port_taken(cfg, e) from None
+        raise
 
 
 @click.group("device")

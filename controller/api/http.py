@@ -439,6 +439,12 @@ async def audit_log(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
+async def whoami(request: web.Request) -> web.Response:
+    """GET /api/whoami: the operator the token belongs to, and its role (`idufleet doctor`)."""
+    who = request[PRINCIPAL]
+    return web.json_response({"name": who.name, "role": who.role})
+
+
 # The minimum role of every route (method, path): the auth middleware refuses a route missing
 # here, and tests/controller/test_operators.py fails for one. viewer reads; operator acts on
 # devices without changing who they are (commands; later rollouts and jobs); admin provisions,
@@ -461,6 +467,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/api/operators"): "admin",
     ("POST", "/api/operators/{name}/revoke"): "admin",
     ("GET", "/api/audit"): "admin",
+    ("GET", "/api/whoami"): "viewer",
     ("GET", "/api/quarantine"): "viewer",
     ("POST", "/api/quarantine/replay"): "operator",
 }
@@ -501,6 +508,7 @@ def make_app(ops: ApiOps) -> web.Application:
     r.add_post("/api/operators", add_operator)
     r.add_post("/api/operators/{name}/revoke", revoke_operator)
     r.add_get("/api/audit", audit_log)
+    r.add_get("/api/whoami", whoami)
     return app
 
 

@@ -93,6 +93,11 @@ class StoreCore(ABC):
         rows = self._execute("SELECT version FROM schema_version")
         return int(rows[0][0]) if rows else 0
 
+    def probe_write(self) -> None:
+        """A write that changes nothing (`idufleet doctor`): raises if the store is read-only."""
+        with self.transaction():
+            self._execute("UPDATE schema_version SET version = version")
+
     def migrate(self, target: int = LATEST) -> int:
         """Bring the schema to `target` (LATEST unless a test builds an older store to upgrade);
         returns the version found. Refuses a schema newer than this code knows."""

@@ -129,6 +129,9 @@ class MqttLink:
         self.on_sys = on_sys
         self.on_message_cb = on_message
         self.connected = asyncio.Event()
+        # The reason of the broker's last CONNACK refusal (bad password, not authorised), None
+        # once a CONNECT is accepted: /health answers 503 while it is set.
+        self.refused: str | None = None
         self.generation = 0
         self.reading = True
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -216,8 +219,14 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
     ) -> None:
         if rc.is_failure:
-            log.error("broker refused connection", extra={"reason": str(rc)})
+            self.refused = str(rc)
+            log.error(
+                "broker refused connection: check mqtt.username / IDUFLEET_MQTT_PASSWORD against"
+                " the broker's controller account (`idufleet doctor` checks the login)",
+                extra={"reason": str(rc), "username": self.cfg.username},
+            )
             return
+        self.refused = None
         self.generation += 1
         log.info(
             "mqtt connected",
