@@ -18,6 +18,7 @@ from controller.domain.commands import CommandIssuer
 from controller.domain.health import BROKER_DROPPING, COMMIT_STALE, STORE_FAILING
 from controller.domain.ingest import IngestCore
 from controller.fleet import Fleet
+from controller.jobs import JobRunner
 from controller.keys import MasterKey, load_master
 from controller.metrics import Metrics
 from controller.operators import Operators
@@ -50,6 +51,7 @@ class Controller:
         self.core = self.devices.core
         self.link = self.pipeline.link
         self.fleet: Fleet | None = None
+        self.jobs: JobRunner | None = None
         self.started = time.time()
         self.api_runner: Any = None
         self.api_port: int | None = None
@@ -109,6 +111,8 @@ class Controller:
             self.metrics,
         )
         self.pipeline.confirm.send = self.fleet.send_confirm
+        self.jobs = JobRunner(self.db, self.fleet, self.devices, tick=self.cfg.ingest.jobs_tick)
+        self.pipeline.on_presence = self.jobs.on_presence
         log.info(
             "controller starting",
             extra={
@@ -143,6 +147,8 @@ class Controller:
             try:
                 async with asyncio.TaskGroup() as tg:
                     self.pipeline.start(tg)
+                    assert self.jobs is not None
+                    tg.create_task(self.jobs.run())
                     tg.create_task(self._shutdown_when_told())
             except* _Shutdown:
                 pass
