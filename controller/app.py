@@ -129,6 +129,7 @@ class Controller:
             self.cfg.fleet.zones,
             self.pipeline,
             Operators(self.db, self.master, self.cfg.api.token),
+            self.jobs,
         )
         self.api_runner, self.api_port = await start_api(ops)
 

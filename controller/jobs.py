@@ -24,6 +24,7 @@ from controller.store.thread import StoreThread
 
 log = logging.getLogger("idufleet.controller")
 
+WAIT_POLL_S = 0.05
 TICK_S = 0.1  # how often settled ACKs and timers are looked at (a BIRTH wakes it at once)
 DISCOVER_EVERY_S = 2.0  # how often continuous jobs look for devices that match now
 
@@ -132,6 +133,28 @@ class JobRunner:
             ]
             out.append(job_view(j, J.summary(rows)))
         return out
+
+    async def one_command(self, job_id: int, device: str, wait: float) -> dict[str, Any]:
+        """A job of one device (`idufleet command`): waits up to `wait` s for its execution to
+        settle and answers its command row ({epoch, seq, device, op, status, result, data...},
+        the shape commands always had) with the job id, or {job, device, status: queued}."""
+        deadline = time.monotonic() + wait
+        while True:
+            ex = next((e for e in await self.db.call(lambda s: s.job_executions(job_id))), None)
+            cmd = None
+            if ex is not None and ex.cmd is not None:
+                cmd = await self._command(*ex.cmd)
+            settled = cmd is not None and cmd["status"] != "sent"
+            if settled or time.monotonic() >= deadline or (ex is not None and ex.terminal):
+                break
+            await asyncio.sleep(WAIT_POLL_S)
+        if cmd is None:
+            state = ex.state if ex is not None else J.QUEUED
+            return {"job": job_id, "device": device, "status": state}
+        return {"job": job_id, **cmd}
+
+    async def _command(self, epoch: int, seq: int) -> dict[str, Any] | None:
+        return await self.db.call(lambda s: s.get_command(epoch, seq))
 
     # --- the loop ------------------------------------------------------------------------
     async def load(self) -> None:

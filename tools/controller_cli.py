@@ -6,6 +6,7 @@ import click
 
 from tools.demo import demo
 from tools.fleet_cmds import command, devices, metrics, quarantine
+from tools.job_cmds import job_group
 from tools.serve_cmds import device_group, init_cmd, serve
 
 CONTROLLER_COMMANDS: list[click.Command] = [
@@ -15,6 +16,7 @@ CONTROLLER_COMMANDS: list[click.Command] = [
     devices,
     metrics,
     command,
+    job_group,
     quarantine,
     demo,
 ]
