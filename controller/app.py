@@ -24,6 +24,7 @@ from controller.domain.health import (
 )
 from controller.domain.ingest import IngestCore
 from controller.fleet import Fleet
+from controller.jobs import JobRunner
 from controller.keys import MasterKey, load_master
 from controller.metrics import Metrics
 from controller.operators import Operators
@@ -62,6 +63,7 @@ class Controller:
         self.core = self.devices.core
         self.link = self.pipeline.link
         self.fleet: Fleet | None = None
+        self.jobs: JobRunner | None = None
         self.started = time.time()
         self.api_runner: Any = None
         self.api_port: int | None = None
@@ -126,6 +128,8 @@ class Controller:
             on_presence=self.pipeline.note_presence,
         )
         self.pipeline.confirm.send = self.fleet.send_confirm
+        self.jobs = JobRunner(self.db, self.fleet, self.devices, tick=self.cfg.ingest.jobs_tick)
+        self.pipeline.on_presence = self.jobs.on_presence
         log.info(
             "controller starting",
             extra={
@@ -142,6 +146,7 @@ class Controller:
             self.cfg.fleet.zones,
             self.pipeline,
             Operators(self.db, self.master, self.cfg.api.token),
+            self.jobs,
         )
         self.api_runner, self.api_port = await start_api(ops)
 
@@ -160,6 +165,8 @@ class Controller:
             try:
                 async with asyncio.TaskGroup() as tg:
                     self.pipeline.start(tg)
+                    assert self.jobs is not None
+                    tg.create_task(self.jobs.run())
                     tg.create_task(self._shutdown_when_told())
             except* _Shutdown:
                 pass

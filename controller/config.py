@@ -99,8 +99,12 @@ class IngestConfig:
     # SIGTERM: seconds to commit and acknowledge what was received before disconnecting anyway;
     # what is not committed by then stays unacknowledged with the broker (redelivered later).
     shutdown_timeout: float = 10.0
+    # seconds between looks at the fleet jobs' ACKs and timers (a BIRTH wakes them at once)
+    jobs_tick: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.jobs_tick <= 0:
+            raise ConfigError("ingest.jobs_tick must be > 0 seconds")
         if self.batch_size < 1 or self.batch_ms < 1:
             raise ConfigError("ingest.batch_size and ingest.batch_ms must be >= 1")
         if self.shutdown_timeout <= 0:

@@ -70,6 +70,12 @@ class CommandError(ControllerError):
     code = "command"
 
 
+class JobError(ControllerError):
+    """A fleet job cannot be created or found (code not_found, no_match, bad_job)."""
+
+    code = "job"
+
+
 class OperatorError(ControllerError):
     """An operator account request was refused (bad name or role, name taken, unknown name)."""
 

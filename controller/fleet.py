@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from controller import registry
@@ -34,7 +35,29 @@ log = logging.getLogger("idufleet.controller")
 Publish = Callable[[str, bytes, int], None]
 # diagnostics ack data keys by name (protocol/messages.py DG_*), for the device view
 DG_NAMES = {v: k[3:].lower() for k, v in vars(M).items() if k.startswith("DG_")}
+# Records built commands in the store before they are published: (store, [(cmd, args)]).
+Record = Callable[[Any, list[tuple[OutgoingCommand, dict[str, Any] | None]]], None]
 WAIT_POLL_S = 0.05  # how often a waiting command re-reads its row (another controller may ACK)
+
+
+@dataclass(frozen=True)
+class Build:
+    """One command for `_issue` to build: to `dev`, signed by `signer`."""
+
+    dev: DeviceState
+    signer: Signer
+    op: str | int
+    args: dict[int, Any] | None
+    ttl: int
+    recorded_args: dict[str, Any] | None
+
+
+def _record_commands(s: Any, cmds: list[tuple[OutgoingCommand, dict[str, Any] | None]]) -> None:
+    with s.transaction():
+        for cmd, args in cmds:
+            s.record_command(
+                cmd.epoch, cmd.seq, cmd.device, cmd.op, args, float(cmd.issued), cmd.expires
+            )
 
 
 class Fleet:
@@ -98,6 +121,45 @@ class Fleet:
     # --- commands ----------------------------------------------------------------------------
     async def _issue(
         self,
+        builds: Sequence[Build],
+        resends: Sequence[OutgoingCommand] = (),
+        record: Record | None = None,
+    ) -> list[OutgoingCommand]:
+        """The one way signed downlink commands leave: build, record (the ACK settles the row),
+        publish at QoS 1, count, log. `Build.recorded_args` is what the commands table keeps
+        (never a secret). `record` replaces the plain commands rows (a job binds its executions
+        to them in the same transaction); it runs before anything is published, so no published
+        command is unknown to the store. `resends` are commands built and recorded earlier,
+        published again as the same bytes (same epoch and seq: the device's CommandGuard
+        refuses a second copy). Raises CommandError for an unknown op or a bad ttl (nothing
+        is recorded or published then)."""
+        now = int(time.time())
+        cmds: list[tuple[OutgoingCommand, dict[str, Any] | None]] = []
+        for b in builds:
+            try:
+                cmd = self.issuer.build(b.signer, b.dev.site, b.dev.id, b.op, b.args, now, b.ttl)
+            except ValueError as e:
+                raise CommandError(str(e)) from None
+            cmds.append((cmd, b.recorded_args))
+        if cmds:
+            rec = record if record is not None else _record_commands
+            await self.db.call(lambda s: rec(s, cmds))
+        for cmd, _ in cmds:
+            self._publish_command(cmd, "command sent")
+        for cmd in resends:
+            self._publish_command(cmd, "command re-sent")
+        return [c for c, _ in cmds]
+
+    def _publish_command(self, cmd: OutgoingCommand, what: str) -> None:
+        self.publish(cmd.topic, cmd.payload, 1)
+        self.metrics.commands.labels(str(cmd.op)).inc()
+        log.info(
+            what,
+            extra={"device": cmd.device, "op": cmd.op, "epoch": cmd.epoch, "seq": cmd.seq},
+        )
+
+    async def _issue_one(
+        self,
         dev: DeviceState,
         signer: Signer,
         op: str | int,
@@ -105,25 +167,26 @@ class Fleet:
         ttl: int,
         recorded_args: dict[str, Any] | None,
     ) -> OutgoingCommand:
-        """The one way a signed downlink leaves: build, record (the ACK settles the row),
-        publish at QoS 1, count, log. `recorded_args` is what the commands table keeps (never
-        a secret). Raises CommandError for an unknown op or a bad ttl."""
-        try:
-            cmd = self.issuer.build(signer, dev.site, dev.id, op, args, int(time.time()), ttl)
-        except ValueError as e:
-            raise CommandError(str(e)) from None
-        await self.db.call(
-            lambda s: s.record_command(
-                cmd.epoch, cmd.seq, dev.id, cmd.op, recorded_args, float(cmd.issued), cmd.expires
-            )
-        )
-        self.publish(cmd.topic, cmd.payload, 1)
-        self.metrics.commands.labels(str(cmd.op)).inc()
-        log.info(
-            "command sent",
-            extra={"device": dev.id, "op": cmd.op, "epoch": cmd.epoch, "seq": cmd.seq},
-        )
+        [cmd] = await self._issue([Build(dev, signer, op, args, ttl, recorded_args)])
         return cmd
+
+    async def issue_for_jobs(
+        self,
+        sends: Sequence[tuple[str, int, dict[int, Any] | None, int]],
+        resends: Sequence[OutgoingCommand],
+        record: Record,
+    ) -> list[OutgoingCommand]:
+        """Job executions' commands (controller/jobs.py): first sends (device, op, args, ttl)
+        built and bound by `record` in one transaction, and resends of commands already bound.
+        A device that is unknown or disabled now is skipped (its execution stays queued)."""
+        builds = []
+        for device_id, op, args, ttl in sends:
+            dev = self.devices.get(device_id)
+            if dev is None or not dev.active:
+                continue
+            recorded = {str(k): v for k, v in args.items()} if args else None
+            builds.append(Build(dev, dev.signer, op, args, ttl, recorded))
+        return await self._issue(builds, resends, record)
 
     def send_confirm(self, device_id: str, ranges: list[int]) -> bool:
         """Delivery confirmation's downlink (docs/PROTOCOL.md section 16): a CONFIRM naming
@@ -149,7 +212,7 @@ class Fleet:
         Raises RegistryError (no such active device) or CommandError (bad op or ttl)."""
         dev = self.devices.active(device_id)
         recorded = {str(k): v for k, v in args.items()} if args else None
-        cmd = await self._issue(dev, dev.signer, op, args, ttl, recorded)
+        cmd = await self._issue_one(dev, dev.signer, op, args, ttl, recorded)
         return {
             "epoch": cmd.epoch,
             "seq": cmd.seq,
@@ -187,7 +250,7 @@ class Fleet:
         old = current(dev.signer)
         pending = DualSigner(old, Signer(key), time.time() + timeout + grace)
         dev.signer = pending  # either key verifies from now on
-        cmd = await self._issue(
+        cmd = await self._issue_one(
             dev,
             old,
             M.OP_ROTATE_KEY,

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from controller.config import Config
@@ -84,6 +85,9 @@ class Pipeline:
         h = cfg.health
         self.health = HealthWatch(h.store_failing_s, h.commit_stale_s, h.broker_drop_hold_s)
         self.presence: list[PresenceEvent] = []
+        # Told of every presence transition as ingest sees it (before it commits): the jobs
+        # runner sends a device's queued executions when its BIRTH arrives.
+        self.on_presence: Callable[[PresenceEvent], None] | None = None
         self.acks: list[AckHandle] = []  # every received message, in arrival order, until stored
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)  # receive -> commit, s
         self.first_received: float | None = None  # for throughput figures (benchmarks, /health)
@@ -175,6 +179,8 @@ class Pipeline:
 
     def _presence(self, ev: PresenceEvent) -> None:
         self.presence.append(ev)
+        if self.on_presence is not None:
+            self.on_presence(ev)
         log.info("presence", extra={"device": ev.device, "state": ev.state, "reason": ev.reason})
 
     def reject(self, r: Rejected, topic: str) -> None:

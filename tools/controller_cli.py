@@ -6,6 +6,7 @@ import click
 
 from tools.demo import demo
 from tools.fleet_cmds import command, device_show, devices, metrics, quarantine
+from tools.job_cmds import job_group
 from tools.serve_cmds import device_group, init_cmd, serve
 
 device_group.add_command(device_show)  # `device show ID` reads through the API
@@ -17,6 +18,7 @@ CONTROLLER_COMMANDS: list[click.Command] = [
     devices,
     metrics,
     command,
+    job_group,
     quarantine,
     demo,
 ]

@@ -352,7 +352,8 @@ def command(
     ttl: int,
     wait: float,
 ) -> None:
-    """Send a signed command to DEVICE and wait for its ACK (needs an operator's token)."""
+    """Send a signed command to DEVICE and wait for its ACK (needs an operator's token). A job
+    of one device: an offline DEVICE gets it when it reconnects within --ttl."""
     args: dict[str, Any] = {}
     if op == "set-config":
         if interval is not None:
@@ -365,9 +366,9 @@ def command(
         f"/api/devices/{device}/commands", {"op": op, "args": args, "ttl": ttl, "wait": wait}
     )
     click.echo(json.dumps(out, indent=2))
-    if out["status"] not in ("ok", "sent"):
+    if out["status"] not in ("ok", "sent", "queued"):
         raise CliError(f"{device} answered {out['status']} (result {out.get('result')})")
-    if out["status"] == "sent" and wait > 0:
+    if out["status"] in ("sent", "queued") and wait > 0:
         raise CliError(
             f"no ACK from {device} within {wait:g} s; is it online? (`idufleet devices`)"
         )

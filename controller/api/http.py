@@ -18,6 +18,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from controller.config import ApiConfig
+from controller.domain import jobs as J
+from controller.domain.commands import op_code
 from controller.domain.rotation import ACK_TIMEOUT_S, GRACE_S
 from controller.errors import (
     ControllerError,
@@ -27,6 +29,7 @@ from controller.errors import (
     StoreUnavailable,
 )
 from controller.fleet import Fleet
+from controller.jobs import JobRunner
 from controller.operators import ROLES, Operators, Principal
 from protocol import metrics as pm
 
@@ -56,6 +59,7 @@ class ApiOps:
     zones: tuple[str, ...]
     quarantine: QuarantineOps
     operators: Operators
+    jobs: JobRunner
 
 
 OPS: web.AppKey[ApiOps] = web.AppKey("ops")
@@ -300,25 +304,106 @@ async def enable_device(request: web.Request) -> web.Response:
 
 
 async def send_command(request: web.Request) -> web.Response:
-    fleet = request.app[OPS].fleet
+    """POST /api/devices/{id}/commands {op, args?, ttl?, wait?}: a job of one device. Answers
+    the command and its ACK once settled (200), else what is known so far (202: queued while
+    the device is offline, or sent and not yet answered)."""
+    jobs = request.app[OPS].jobs
+    device = request.match_info["id"]
     try:
         body = await request.json()
         args_in = body.get("args") or {}
         args = {int(k): v for k, v in args_in.items()}
         ttl = int(body.get("ttl", 60))
         wait = float(body.get("wait", 0))
-        cmd = await fleet.send_command(request.match_info["id"], body["op"], args or None, ttl)
+        spec = J.JobSpec(
+            op=op_code(body["op"]),
+            args=args or None,
+            selector=J.Selector(devices=(device,)),
+            ttl=float(ttl),
+            rate=1.0,
+            policy=J.Policy(ack_timeout=max(1.0, ttl / 3), max_attempts=3, cmd_ttl=ttl),
+        )
     except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise _bad(
             f"send JSON with op (and args as {{field number: value}}, ttl, wait): {e}"
         ) from None
+    try:
+        job = await jobs.create(spec, request[PRINCIPAL].name)
     except ControllerError as e:
         raise error(web.HTTPBadRequest, str(e), e.code) from None
-    if wait > 0:
-        settled = await fleet.wait_command(cmd["epoch"], cmd["seq"], min(wait, MAX_WAIT_S))
-        if settled is not None:
-            cmd = settled
-    return web.json_response(cmd, status=202 if cmd["status"] == "sent" else 200)
+    out = await jobs.one_command(job["id"], device, min(wait, MAX_WAIT_S))
+    return web.json_response(out, status=202 if out["status"] in ("sent", "queued") else 200)
+
+
+def _job_spec(body: Any) -> J.JobSpec:
+    """A JobSpec from the API's JSON; raises ValueError (or KeyError/TypeError) saying what."""
+    if not isinstance(body, dict):
+        raise ValueError("send a JSON object")
+    known = {"op", "args", "selector", "ttl", "rate", "continuous", "ack_timeout", "retries"}
+    extra = set(body) - known
+    if extra:
+        raise ValueError(f"unknown field(s) {sorted(extra)}; known: {sorted(known)}")
+    args_in = body.get("args") or {}
+    if not isinstance(args_in, dict):
+        raise ValueError("args must be an object {field number: value}")
+    policy = J.Policy(
+        ack_timeout=float(body.get("ack_timeout", J.Policy.ack_timeout)),
+        max_attempts=1 + int(body.get("retries", J.Policy.max_attempts - 1)),
+    )
+    return J.JobSpec(
+        op=op_code(body["op"]),
+        args={int(k): v for k, v in args_in.items()} or None,
+        selector=J.Selector.from_json(body.get("selector", {})),
+        ttl=J.parse_duration(body.get("ttl", 86400)),
+        rate=float(body.get("rate", 100)),
+        continuous=bool(body.get("continuous", False)),
+        policy=policy,
+    )
+
+
+async def create_job(request: web.Request) -> web.Response:
+    """POST /api/jobs {op, args?, selector: {devices, zone, site, tags, kind, version,
+    online_only, all}, ttl? (seconds or "7d"), rate? (devices/s), continuous?}: 201 and the job."""
+    try:
+        spec = _job_spec(await request.json())
+    except KeyError as e:
+        raise _bad(f"missing field {e}; a job needs op and selector") from None
+    except (ValueError, TypeError, AttributeError) as e:
+        raise _bad(str(e)) from None
+    try:
+        job = await request.app[OPS].jobs.create(spec, request[PRINCIPAL].name)
+    except ControllerError as e:
+        raise error(web.HTTPBadRequest, str(e), e.code) from None
+    return web.json_response(job, status=201)
+
+
+def _job_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise _bad("a job id is an integer") from None
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise _bad("limit is an integer") from None
+    return web.json_response(await request.app[OPS].jobs.list_jobs(limit))
+
+
+async def get_job(request: web.Request) -> web.Response:
+    try:
+        return web.json_response(await request.app[OPS].jobs.get(_job_id(request)))
+    except ControllerError as e:
+        raise error(web.HTTPNotFound, str(e), e.code) from None
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    try:
+        return web.json_response(await request.app[OPS].jobs.cancel(_job_id(request)))
+    except ControllerError as e:
+        raise error(web.HTTPNotFound, str(e), e.code) from None
 
 
 async def rotate_key(request: web.Request) -> web.Response:
@@ -470,6 +555,10 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("GET", "/api/whoami"): "viewer",
     ("GET", "/api/quarantine"): "viewer",
     ("POST", "/api/quarantine/replay"): "operator",
+    ("GET", "/api/jobs"): "viewer",
+    ("POST", "/api/jobs"): "operator",
+    ("GET", "/api/jobs/{id}"): "viewer",
+    ("POST", "/api/jobs/{id}/cancel"): "operator",
 }
 # The audit action of every route that changes something (every non-GET route must have one).
 ACTIONS: dict[tuple[str, str], str] = {
@@ -481,6 +570,8 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/api/operators"): "operator.add",
     ("POST", "/api/operators/{name}/revoke"): "operator.revoke",
     ("POST", "/api/quarantine/replay"): "quarantine.replay",
+    ("POST", "/api/jobs"): "job.create",
+    ("POST", "/api/jobs/{id}/cancel"): "job.cancel",
 }
 
 
@@ -509,6 +600,10 @@ def make_app(ops: ApiOps) -> web.Application:
     r.add_post("/api/operators/{name}/revoke", revoke_operator)
     r.add_get("/api/audit", audit_log)
     r.add_get("/api/whoami", whoami)
+    r.add_get("/api/jobs", list_jobs)
+    r.add_post("/api/jobs", create_job)
+    r.add_get("/api/jobs/{id}", get_job)
+    r.add_post("/api/jobs/{id}/cancel", cancel_job)
     return app
 
 

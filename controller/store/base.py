@@ -14,6 +14,7 @@ one transaction serve them all):
 | commands.py | command epoch, commands sent, ACKs settling them |
 | claims.py | `TokenRecord`, claim tokens (provisioning issues and decides them) |
 | operators.py | `OperatorRecord`, operator accounts, the append-only audit log |
+| jobs.py | fleet jobs and their executions (migration 9), settled through `commands` |
 | confirms.py | which devices opted into delivery confirmation (docs/PROTOCOL.md section 16) |
 | queries.py | raw series, counts, presence transitions, device events |
 | retention.py | `prune_raw` (and each device's pruned mark) |
@@ -28,6 +29,7 @@ from __future__ import annotations
 from controller.store.claims import Claims
 from controller.store.confirms import Confirms
 from controller.store.devices import DeviceRecord, Devices
+from controller.store.jobs import Jobs
 from controller.store.operators import OperatorRecord, Operators
 from controller.store.quarantine import Quarantine, Quarantined
 from controller.store.queries import Queries
@@ -35,7 +37,7 @@ from controller.store.retention import Retention
 from controller.store.writes import Writes, device_update_rows
 
 
-class Store(Devices, Writes, Queries, Claims, Operators, Retention, Quarantine, Confirms):
+class Store(Devices, Writes, Queries, Claims, Operators, Retention, Quarantine, Confirms, Jobs):
     """One connection to the IDU store. Not thread-safe: use it from one thread at a time."""
 
 

@@ -255,6 +255,44 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX audit_ts ON audit (ts)",
     ],
+    # 9: fleet jobs (store/jobs.py, controller/jobs.py, controller/domain/jobs.py). A job is an
+    # op + args sent to a selector (JSON); each matched device has one execution, bound at its
+    # first send to one command (cmd_epoch, cmd_seq: the row in `commands` its ACK settles) whose
+    # signed bytes are kept so a retry, also after a restart, re-sends the same command.
+    [
+        """CREATE TABLE jobs (
+            id {serial},
+            op INTEGER NOT NULL,
+            args TEXT,
+            selector TEXT NOT NULL,
+            ttl DOUBLE PRECISION NOT NULL,
+            rate DOUBLE PRECISION NOT NULL,
+            continuous INTEGER NOT NULL DEFAULT 0,
+            policy TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            created_by TEXT NOT NULL DEFAULT '',
+            state TEXT NOT NULL,
+            ended DOUBLE PRECISION
+        )""",
+        """CREATE TABLE job_executions (
+            job_id BIGINT NOT NULL,
+            device_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+            cmd_epoch BIGINT,
+            cmd_seq BIGINT,
+            cmd_expires BIGINT,
+            topic TEXT,
+            payload {blob},
+            result INTEGER,
+            created DOUBLE PRECISION NOT NULL,
+            updated DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (job_id, device_id)
+        )""",
+        "CREATE INDEX job_executions_state ON job_executions (state)",
+        "CREATE INDEX jobs_state ON jobs (state)",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)
