@@ -109,6 +109,8 @@ class Controller:
             self.metrics,
         )
         self.pipeline.confirm.send = self.fleet.send_confirm
+        self.fleet.ota.send = self.fleet.send_ota
+        self.pipeline.ota_message = self.fleet.ota.on_message
         log.info(
             "controller starting",
             extra={

@@ -70,6 +70,12 @@ class CommandError(ControllerError):
     code = "command"
 
 
+class OtaError(ControllerError):
+    """A release cannot be offered or served (unreadable file, not a release)."""
+
+    code = "ota"
+
+
 class OperatorError(ControllerError):
     """An operator account request was refused (bad name or role, name taken, unknown name)."""
 

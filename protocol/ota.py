@@ -10,6 +10,7 @@ from protocol import messages as M
 from protocol.errors import BAD_FIELD, ProtocolError
 
 RELEASE_ID_LEN = 8
+OFFER_OP = 64  # the op an OFFER is recorded under in the commands table (it travels as type 9)
 # STATUS
 O_STATE = 2  # uint: OS_* below
 O_RESULT = 3  # uint: OR_* below
