@@ -117,7 +117,7 @@ class OtaServer:
                        "result": t.result, "done": t.done, "total": t.total, "detail": t.detail},
             )  # fmt: skip
             return
-        _, _, part, index, count = what
+        _, _, part, index, count, split = what
         rel = self.releases.get(rid)
         if rel is None:
             if self.send is not None:
@@ -131,10 +131,10 @@ class OtaServer:
         for i, off, n in plan(rel, part, index, count):
             wait = bucket.reserve(now)
             if wait <= 0:
-                self._serve(device, rel, t, part, i, off, n)
+                self._serve(device, rel, t, part, i, off, n, split)
             elif self.pending < self.cfg.max_pending:
                 self.pending += 1
-                loop.call_later(wait, self._later, device, rel, t, part, i, off, n)
+                loop.call_later(wait, self._later, device, rel, t, part, i, off, n, split)
             else:
                 self.dropped += 1  # the device asks again after its wait
 
@@ -143,8 +143,18 @@ class OtaServer:
         self._serve(*a)
 
     def _serve(
-        self, device: str, rel: ReleaseInfo, t: DeviceTransfer, part: int, i: int, off: int, n: int
+        self,
+        device: str,
+        rel: ReleaseInfo,
+        t: DeviceTransfer,
+        part: int,
+        i: int,
+        off: int,
+        n: int,
+        split: int = 0,
     ) -> None:
+        """Item i of part (n bytes at file offset off), in DATA of at most `split` bytes when
+        the device asked for pieces (a 64 KiB device takes 512-byte messages; docs/OTA.md)."""
         try:
             with open(rel.path, "rb") as f:  # per chunk: memory bounded by the chunk size
                 f.seek(off)
@@ -155,5 +165,13 @@ class OtaServer:
         if (device, part, i) in self.corrupt_once:  # test hook: one flipped byte, once
             self.corrupt_once.discard((device, part, i))
             data = bytes([data[0] ^ 0xFF]) + data[1:]
-        if self.send is not None and self.send(device, ota.data(rel.rid, part, i, data)):
+        step = split or len(data)
+        sent = False
+        for o in range(0, len(data), step):
+            if self.send is None or not self.send(
+                device, ota.data(rel.rid, part, i, data[o : o + step], o)
+            ):
+                return
+            sent = True
+        if sent:
             t.serve(part, i)

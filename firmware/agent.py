@@ -70,6 +70,7 @@ class Agent:
         self.t_rep = (base + "rep").encode()
         self.t_evt = (base + "evt").encode()
         self.t_ack = (base + "ack").encode()
+        self.t_otr = (base + "otr").encode()  # OTA requests and status (ota.py)
         self.base = base.encode()  # + channel: birth and the downlink topics, built at connect
         self.ring = RingFile(flash, cfg["buffer"], _SLOT)
         # One buffer for the report being built, the ring head being sent, the will and
@@ -107,6 +108,16 @@ class Agent:
         # progress (freed by a CONFIRM, first sent, or a re-send pass began), and the passes made.
         self.t_mark = time.ticks_ms()
         self.resends = 0
+        # OTA (ota.py, loaded per message): the persisted transfer while one is on, its own
+        # uplink seq, and what it keeps in RAM (connected since, last request, item offset,
+        # the chunk's running SHA-256, failed manifest downloads)
+        self.ota = None
+        self.ota_seq = 0
+        self.ota_up = False
+        self.ota_at = 0
+        self.ota_off = 0
+        self.ota_h = None
+        self.ota_bad = 0
         self.setup_metrics()
 
     def setup_metrics(self):
@@ -383,10 +394,23 @@ class Agent:
         starve it.)"""
         stable_ms = self.cfg["crash"]["stable"] * 1000
         marked = False
-        t0 = time.ticks_ms()
+        t0 = t_heap = time.ticks_ms()
         rx = self.link.rx  # downlink messages, queued by the link's reader
+        try:  # a transfer left on flash (a reset mid-download, a verdict not yet reported)
+            import os
+
+            os.stat(self.flash + "/ota.st")
+            import ota
+
+            ota.resume(self)
+            del ota
+            heap.unload("OTA")
+        except OSError:
+            pass
         while True:
-            self.sample_heap()
+            if self.ota is None or time.ticks_diff(time.ticks_ms(), t_heap) >= 200:
+                self.sample_heap()
+                t_heap = time.ticks_ms()
             if not marked and time.ticks_diff(time.ticks_ms(), t0) >= stable_ms:
                 import bootstate
 
@@ -394,8 +418,20 @@ class Agent:
                 del bootstate
                 heap.unload("RECORD")
                 marked = True
-            if not rx:
-                await sleep_ms(200)
+            if self.ota is not None:  # a transfer: report and ask again after a reconnect or
+                if not self.ready:  # when nothing came for ota_wait_ms
+                    self.ota_up = False
+                elif (
+                    not self.ota_up
+                    or time.ticks_diff(time.ticks_ms(), self.ota_at) > self.cfg["ota_wait_ms"]
+                ):
+                    import ota
+
+                    await ota.tick(self)
+                    del ota
+                    heap.unload("OTA")
+            if not rx:  # a transfer waits on one item at a time: look often while it runs
+                await sleep_ms(200 if self.ota is None else 2)
                 continue
             gc.collect()  # the command's code and data go into holes left by report garbage
             while rx:
@@ -406,7 +442,12 @@ class Agent:
                     m = inbox.handle(self, topic, payload)
                     del inbox, payload
                     heap.unload("DECODER")
-                    if m:
+                    if m and not m[0] and topic.endswith(b"/ota"):
+                        import ota  # unloaded below with COMMAND (heap.py OTA is its line)
+
+                        await ota.on_message(self, *m[1:])
+                        del ota
+                    elif m:
                         import cmds
 
                         await cmds.run(self, topic, *m)

@@ -19,10 +19,12 @@ BOOT startup bootstate tunables boards
 DECODER inbox downlink confirm settle codec reader errors
 ADMIT commands bootstate
 SETTINGS tunables bootstate
-COMMAND cmds commands tunables bootstate
+COMMAND cmds commands tunables bootstate ota
 RECORD bootstate
 AGENT agent link mqtt_codec ring backoff sealing sign compat writer asyncio asyncio.core
 CLAIM claim mqtt_codec codec reader errors compat writer
+OTA ota
+VERIFY otaverify ota manifest ed25519 sha512 reader errors json
 """
 # BOOT: boot (main.py, after startup.run): config validation, the boot record, the board table.
 # DECODER: opening a downlink message (inbox.py; a CONFIRM: protocol.confirm, settle.py), and boot's
@@ -35,6 +37,10 @@ CLAIM claim mqtt_codec codec reader errors compat writer
 #   runs again after a reboot command (unix port), so the second boot starts from the same
 #   modules as the first; agent.run adds the board module (the board table knows boards).
 # CLAIM: the claim step (claim.py) before the first boot, which then starts as on any board.
+# OTA: a transfer's step (ota.py): loaded by agent.py per OTA message (unloaded with COMMAND)
+#   and per timeout.
+# VERIFY: the boot-time manifest check (otaverify.py, main.py): the Ed25519 verifier and the
+#   manifest decoder, which do not fit beside the running agent.
 
 
 def unload(*names):

@@ -106,13 +106,14 @@ def offer(
     }
 
 
-def data(rid: bytes, part: int, index: int, chunk: bytes) -> dict:  # type: ignore[type-arg]
+def data(rid: bytes, part: int, index: int, chunk: bytes, offset: int = 0) -> dict:  # type: ignore[type-arg]
     return {
         M.O_PHASE: M.OP_DATA,
         M.O_RELEASE: rid,
         M.O_PART: part,
         M.O_INDEX: index,
         M.O_DATA: chunk,
+        M.O_OFFSET: offset,
     }
 
 
@@ -120,14 +121,17 @@ def gone(rid: bytes) -> dict:  # type: ignore[type-arg]
     return {M.O_PHASE: M.OP_GONE, M.O_RELEASE: rid}
 
 
-def request(rid: bytes, part: int, index: int, count: int) -> dict:  # type: ignore[type-arg]
-    return {
+def request(rid: bytes, part: int, index: int, count: int, split: int = 0) -> dict:  # type: ignore[type-arg]
+    b = {
         M.O_PHASE: M.OP_REQUEST,
         M.O_RELEASE: rid,
         M.O_PART: part,
         M.O_INDEX: index,
         M.O_COUNT: count,
     }
+    if split:
+        b[M.O_SPLIT] = split
+    return b
 
 
 def status(
@@ -147,7 +151,8 @@ def status(
 
 
 def check_uplink(body: object) -> tuple:  # type: ignore[type-arg]
-    """An uplink OTA body (on `otr`): ("request", rid, part, index, count) or ("status", rid,
+    """An uplink OTA body (on `otr`): ("request", rid, part, index, count, split: 0 when
+    absent) or ("status", rid,
     state, result, done, total, detail). Raises ProtocolError(BAD_FIELD)."""
     if not isinstance(body, dict):
         raise ProtocolError(BAD_FIELD, "body")
@@ -157,7 +162,9 @@ def check_uplink(body: object) -> tuple:  # type: ignore[type-arg]
         part = _uint(body.get(M.O_PART), "part", 0, M.PART_PAYLOAD)
         index = _uint(body.get(M.O_INDEX), "index")
         count = _uint(body.get(M.O_COUNT), "count", 1, M.OTA_MAX_WINDOW)
-        return ("request", rid, part, index, count)
+        split = body.get(M.O_SPLIT)
+        split = 0 if split is None else _uint(split, "split", 64, 4096)
+        return ("request", rid, part, index, count, split)
     if phase == M.OP_STATUS:
         state = _uint(body.get(O_STATE), "state", 0, 255)
         if state not in STATES:
@@ -174,7 +181,7 @@ def check_uplink(body: object) -> tuple:  # type: ignore[type-arg]
 
 def check_downlink(body: object) -> tuple:  # type: ignore[type-arg]
     """A downlink OTA body (on `ota`): ("offer", rid, version, display, size, sha256, piece,
-    expires), ("data", rid, part, index, bytes) or ("gone", rid). Raises ProtocolError."""
+    expires), ("data", rid, part, index, offset, bytes) or ("gone", rid). Raises ProtocolError."""
     if not isinstance(body, dict):
         raise ProtocolError(BAD_FIELD, "body")
     phase = body.get(M.O_PHASE)
@@ -199,7 +206,8 @@ def check_downlink(body: object) -> tuple:  # type: ignore[type-arg]
         chunk = body.get(M.O_DATA)
         if not isinstance(chunk, bytes) or not 0 < len(chunk) <= 4096:
             raise ProtocolError(BAD_FIELD, "data")
-        return ("data", rid, part, index, chunk)
+        offset = _uint(body.get(M.O_OFFSET), "offset", 0, 4095)
+        return ("data", rid, part, index, offset, chunk)
     if phase == M.OP_GONE:
         return ("gone", rid)
     raise ProtocolError(BAD_FIELD, "phase")

@@ -101,18 +101,22 @@ def test_offer_is_recorded_and_requests_are_served_from_the_release_file(stack: 
     # the manifest in pieces, then payload chunks, exactly the file's bytes
     pieces = (m.size + piece - 1) // piece
     dev.send(ota.request(rid, M.PART_MANIFEST, 0, pieces))
-    got = b"".join(ota.check_downlink(dev.next().body)[4] for _ in range(pieces))
+    got = b"".join(ota.check_downlink(dev.next().body)[5] for _ in range(pieces))
     assert got == raw[: m.size]
     dev.send(ota.request(rid, M.PART_PAYLOAD, m.chunks - 2, 4))  # clipped to the release
     last = [ota.check_downlink(dev.next().body) for _ in range(2)]
     assert [x[3] for x in last] == [m.chunks - 2, m.chunks - 1]
-    assert last[1][4] == raw[m.size + (m.chunks - 1) * m.chunk :]
+    assert last[1][5] == raw[m.size + (m.chunks - 1) * m.chunk :]
+    dev.send(ota.request(rid, M.PART_PAYLOAD, 1, 1, 512))  # split for a small device
+    parts = [ota.check_downlink(dev.next().body) for _ in range(4)]
+    assert [(x[3], x[4]) for x in parts] == [(1, 0), (1, 512), (1, 1024), (1, 1536)]
+    assert b"".join(x[5] for x in parts) == raw[m.size + m.chunk : m.size + 2 * m.chunk]
     with pytest.raises(queue.Empty):
         dev.next(0.3)
     dev.send(ota.status(rid, ota.OS_DOWNLOADED, ota.OR_OK, m.chunks, m.chunks))
     ct.wait(lambda c: (fleet.ota_status("ap-ota") or {}).get("state") == "downloaded")
     st = fleet.ota_status("ap-ota")
-    assert st["result"] == "ok" and st["chunks_served"] == 2 and st["chunks_refetched"] == 0
+    assert st["result"] == "ok" and st["chunks_served"] == 3 and st["chunks_refetched"] == 0
 
 
 def test_unknown_release_gets_gone_and_a_forged_request_nothing(stack: Any) -> None:
@@ -137,10 +141,10 @@ def test_corruption_hook_flips_one_byte_once(stack: Any) -> None:
     fleet.ota.corrupt_once.add(("ap-ota", M.PART_PAYLOAD, 3))
     want = raw[m.size + 3 * m.chunk : m.size + 4 * m.chunk]
     dev.send(ota.request(rid, M.PART_PAYLOAD, 3, 1))
-    bad = ota.check_downlink(dev.next().body)[4]
+    bad = ota.check_downlink(dev.next().body)[5]
     assert bad != want and bad[1:] == want[1:]
     dev.send(ota.request(rid, M.PART_PAYLOAD, 3, 1))
-    assert ota.check_downlink(dev.next().body)[4] == want
+    assert ota.check_downlink(dev.next().body)[5] == want
     assert fleet.ota_status("ap-ota")["chunks_refetched"] == 1
 
 

@@ -1392,13 +1392,18 @@ def ota_vectors() -> None:
         tup("offer", rid, 1004002, "1.4.2", 3410, digest, 2048, T0 + 3600))  # fmt: skip
     piece = bytes(range(256)) * 2
     add("ota_data_manifest_piece", down, Message(M.OTA, 9, 51, ota.data(rid, 0, 1, piece), ts=T0),
-        tup("data", rid, 0, 1, piece))  # fmt: skip
+        tup("data", rid, 0, 1, 0, piece))  # fmt: skip
+    add("ota_data_split_chunk", down,
+        Message(M.OTA, 9, 54, ota.data(rid, 1, 30, piece, 1536), ts=T0),
+        tup("data", rid, 1, 30, 1536, piece))  # fmt: skip
     chunk = bytes((i * 37) & 0xFF for i in range(2048))  # a full 2 KiB chunk fits `ota`
     add("ota_data_payload_chunk", down, Message(M.OTA, 9, 52, ota.data(rid, 1, 30, chunk), ts=T0),
-        tup("data", rid, 1, 30, chunk))  # fmt: skip
+        tup("data", rid, 1, 30, 0, chunk))  # fmt: skip
     add("ota_gone", down, Message(M.OTA, 9, 53, ota.gone(rid), ts=T0), tup("gone", rid))
     add("ota_request_window", up, Message(M.OTA, 12, 7, ota.request(rid, 1, 30, 2), up=5),
-        tup("request", rid, 1, 30, 2))  # fmt: skip
+        tup("request", rid, 1, 30, 2, 0))  # fmt: skip
+    add("ota_request_split", up, Message(M.OTA, 12, 10, ota.request(rid, 1, 31, 1, 512), up=5),
+        tup("request", rid, 1, 31, 1, 512))  # fmt: skip
     st = ota.status(rid, ota.OS_DOWNLOADED, ota.OR_OK, 31, 31)
     add("ota_status_downloaded", up, Message(M.OTA, 12, 8, st, ts=T0, up=6),
         tup("status", rid, 3, 1, 31, 31, None))  # fmt: skip
@@ -1415,6 +1420,10 @@ def ota_vectors() -> None:
     refused("ota_data_bad_part", down, ota.data(rid, 2, 0, b"x"), "part")
     refused("ota_request_window_too_big", up, ota.request(rid, 1, 0, 5), "count")
     refused("ota_request_count_zero", up, ota.request(rid, 1, 0, 0), "count")
+    refused("ota_request_split_too_small", up, ota.request(rid, 1, 0, 1, 32), "split")
+    refused(
+        "ota_data_offset_missing", down, {**ota.data(rid, 1, 0, b"x"), M.O_OFFSET: None}, "offset"
+    )
     refused("ota_status_unknown_state", up, ota.status(rid, 9, 0, 0, 1), "state")
     refused("ota_unknown_phase", up, {M.O_PHASE: 7, M.O_RELEASE: rid}, "phase")
     refused("ota_short_release_id", up, ota.request(rid[:4], 1, 0, 1), "release")
