@@ -51,6 +51,8 @@ STOPPED = const(0)
 CRASHED = const(70)  # a task died: main.py resets the board (exits 1 on the unix port)
 REBOOT = const(75)  # a reboot command: main.py restarts the agent
 
+_OTA_AT = const(15)  # ota.py's _AT, _WAIT: fields of a.ota
+_OTA_WAIT = const(20)
 _SLOT = const(448)  # ring slot: 2-byte length + one signed REPORT/BATCH payload
 _HEALTH = (1, 2, 3, 5, 6)
 
@@ -70,7 +72,6 @@ class Agent:
         self.t_rep = (base + "rep").encode()
         self.t_evt = (base + "evt").encode()
         self.t_ack = (base + "ack").encode()
-        self.t_otr = (base + "otr").encode()  # OTA requests and status (ota.py)
         self.base = base.encode()  # + channel: birth and the downlink topics, built at connect
         self.ring = RingFile(flash, cfg["buffer"], _SLOT)
         # One buffer for the report being built, the ring head being sent, the will and
@@ -108,16 +109,9 @@ class Agent:
         # progress (freed by a CONFIRM, first sent, or a re-send pass began), and the passes made.
         self.t_mark = time.ticks_ms()
         self.resends = 0
-        # OTA (ota.py, loaded per message): the persisted transfer while one is on, its own
-        # uplink seq, and what it keeps in RAM (connected since, last request, item offset,
-        # the chunk's running SHA-256, failed manifest downloads)
-        self.ota = None
-        self.ota_seq = 0
-        self.ota_up = False
-        self.ota_at = 0
-        self.ota_off = 0
-        self.ota_h = None
-        self.ota_bad = 0
+        # a transfer while one is on (ota.py: a list, persisted fields then RAM); True when
+        # boot found one on flash (startup.py), which the downlink loop resumes once connected
+        self.ota = cfg.pop("ota", None)
         self.setup_metrics()
 
     def setup_metrics(self):
@@ -394,23 +388,11 @@ class Agent:
         starve it.)"""
         stable_ms = self.cfg["crash"]["stable"] * 1000
         marked = False
-        t0 = t_heap = time.ticks_ms()
+        t0 = time.ticks_ms()
         rx = self.link.rx  # downlink messages, queued by the link's reader
-        try:  # a transfer left on flash (a reset mid-download, a verdict not yet reported)
-            import os
-
-            os.stat(self.flash + "/ota.st")
-            import ota
-
-            ota.resume(self)
-            del ota
-            heap.unload("OTA")
-        except OSError:
-            pass
         while True:
-            if self.ota is None or time.ticks_diff(time.ticks_ms(), t_heap) >= 200:
+            if self.ota is None:  # (a transfer samples at its own peaks: inbox.py)
                 self.sample_heap()
-                t_heap = time.ticks_ms()
             if not marked and time.ticks_diff(time.ticks_ms(), t0) >= stable_ms:
                 import bootstate
 
@@ -418,18 +400,16 @@ class Agent:
                 del bootstate
                 heap.unload("RECORD")
                 marked = True
-            if self.ota is not None:  # a transfer: report and ask again after a reconnect or
-                if not self.ready:  # when nothing came for ota_wait_ms
-                    self.ota_up = False
-                elif (
-                    not self.ota_up
-                    or time.ticks_diff(time.ticks_ms(), self.ota_at) > self.cfg["ota_wait_ms"]
-                ):
-                    import ota
+            o = self.ota  # a transfer (ota.py): resume one left on flash (True), or ask again
+            if self.ready and (  # when nothing came for broker.wait_ms
+                o is True or o and time.ticks_diff(time.ticks_ms(), o[_OTA_AT]) > o[_OTA_WAIT]
+            ):
+                import ota
 
-                    await ota.tick(self)
-                    del ota
-                    heap.unload("OTA")
+                await ota.tick(self)
+                del ota
+                heap.unload("ota")
+            o = None
             if not rx:  # a transfer waits on one item at a time: look often while it runs
                 await sleep_ms(200 if self.ota is None else 2)
                 continue

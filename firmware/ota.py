@@ -4,8 +4,8 @@ verifier does not fit next to the running agent), then fetch the payload one chu
 each checked against the signed chunk table before it is written to the staging file in the
 inactive slot. Progress is on flash after every chunk, so a reset re-fetches at most the chunk
 that was in flight. Loaded per message and per timeout like cmds.py, unloaded after (heap.py
-OTA): the transfer's state lives in the agent (a.ota, the persisted fields, and a few a.ota_*
-in RAM). Imports only builtins: hashlib, os, struct, time."""
+OTA): the transfer's state lives in the agent (a.ota: the persisted fields, then a few in
+RAM). Imports only builtins: hashlib, os, struct, time."""
 
 import hashlib
 import os
@@ -77,6 +77,15 @@ _TOFF = const(10)
 _MDIGEST = const(11)
 _PDIGEST = const(12)
 _DETAIL = const(13)
+# In RAM after the persisted fields (agent.py reads _AT and _WAIT as const copies): spare,
+# last request (ticks), bytes of the item in flight, the running SHA-256 of the chunk in
+# flight, failed manifest downloads, uplink seq, request timeout
+_AT = const(15)
+_OFF = const(16)
+_H = const(17)
+_BAD = const(18)
+_SEQ = const(19)
+_WAIT = const(20)
 
 
 def read(flash):
@@ -88,11 +97,16 @@ def read(flash):
         return None
 
 
+def _ram(a, st):
+    st += [0, time.ticks_ms(), 0, None, 0, 0, a.cfg["broker"]["wait_ms"]]
+    return st
+
+
 def write(flash, st):
     """Write-then-rename: the old state or the new, never half of one."""
     p = flash + "/ota.st"
     with open(p + ".tmp", "wb") as f:
-        f.write(struct.pack(_FMT, *st))
+        f.write(struct.pack(_FMT, *st[:14]))
     os.rename(p + ".tmp", p)
 
 
@@ -101,21 +115,24 @@ def active(st):
 
 
 def resume(a):
-    """At agent start (agent.py saw <flash>/ota.st): the transfer on flash into a.ota; the
-    agent's downlink loop calls tick() to report it and resume it once connected."""
+    """The transfer on flash into a.ota (None when it has ended and was reported)."""
     st = read(a.flash)
-    a.ota = st if st is not None and (active(st) or not st[_REPORTED]) else None
+    a.ota = _ram(a, st) if st is not None and (active(st) or not st[_REPORTED]) else None
 
 
 async def send(a, body, qos):
     """An OTA uplink on `otr`, numbered by its own counter (never ingested, never
-    replay-checked: the report stream keeps no gaps)."""
-    a.ota_seq = (a.ota_seq + 1) & 0xFFFFFFFF
-    n = a.seal_ctl(a.t_otr, _OTA, body, a.ota_seq)
+    replay-checked: the report stream keeps no gaps). False when the link is down."""
+    st = a.ota
+    st[_AT] = time.ticks_ms()
+    st[_SEQ] += 1
+    t = a.base + b"otr"
+    n = a.seal_ctl(t, _OTA, body, st[_SEQ])
     try:
-        await a.link.publish(a.t_otr, a.buf, n, qos, a.link.next_pid() if qos else 0)
+        await a.link.publish(t, a.buf, n, qos, a.link.next_pid() if qos else 0)
     except OSError:
-        pass
+        return False
+    return True
 
 
 async def status(a):
@@ -132,8 +149,7 @@ async def status(a):
     d = st[_DETAIL].rstrip(b"\0")
     if d:
         body[_O_DETAIL] = d.decode()
-    await send(a, body, 1)
-    if not active(st):  # the verdict is out: the agent forgets the transfer (flash keeps it)
+    if await send(a, body, 1) and not active(st):  # the verdict is out: forget the transfer
         if not st[_REPORTED]:
             st[_REPORTED] = 1
             write(a.flash, st)
@@ -144,8 +160,8 @@ async def request(a):
     """Ask for the next manifest piece or payload chunk (one in flight: a reset loses at most
     that one)."""
     st = a.ota
-    a.ota_at = time.ticks_ms()
-    a.ota_off = 0  # the item is asked for whole again
+    st[_AT] = time.ticks_ms()
+    st[_OFF] = 0  # the item is asked for whole again
     if st[_STATE] == _OS_OFFERED:
         part, i = 0, st[_MNEXT]
     elif st[_STATE] == _OS_DOWNLOADING:
@@ -157,11 +173,16 @@ async def request(a):
 
 
 async def tick(a):
-    """Run by agent.py while a transfer is on (a.ota): after a (re)connect, report and ask
-    again; otherwise ask again (nothing came for ota_wait_ms)."""
-    if not a.ota_up:
-        a.ota_up = True
+    """Run by agent.py while connected: a transfer boot found on flash (a.ota True) is loaded,
+    reported and resumed; otherwise the item due is asked for again (nothing came for
+    broker.wait_ms: the controller's answer is as overdue as a CONNACK would be)."""
+    if a.ota is True:
+        resume(a)
+        if a.ota is None:
+            return
         await status(a)
+    elif not active(a.ota):
+        await status(a)  # a verdict the link lost: again
     if a.ota is not None:
         await request(a)
 
@@ -212,14 +233,13 @@ async def on_message(a, epoch, seq, ts, body):
         if active(st):  # the same release again: resume where it is
             await request(a)
             return
-        a.ota_bad = 0
         for n in ("/ota.man", _STAGE):
             try:
                 os.remove(a.flash + n)
             except OSError:
                 pass
-        a.ota = st = [rid, _OS_OFFERED, _OR_NONE, 0, size, piece, 0, 0, 0, 0, 0, digest,
-                      b"", b""]  # fmt: skip
+        a.ota = st = _ram(a, [rid, _OS_OFFERED, _OR_NONE, 0, size, piece, 0, 0, 0, 0, 0,
+                              digest, b"", b""])  # fmt: skip
         write(a.flash, st)
         print("idu: ota offered", size)
         await status(a)
@@ -235,7 +255,7 @@ async def on_message(a, epoch, seq, ts, body):
     part = body.get(_O_PART)
     i = body.get(_O_INDEX)
     data = body.get(_O_DATA)
-    if not isinstance(data, bytes) or body.get(_O_OFFSET) != a.ota_off:
+    if not isinstance(data, bytes) or body.get(_O_OFFSET) != st[_OFF]:
         return  # a duplicate or one out of order: dropped; the next request names the one due
     if part == 0 and st[_STATE] == _OS_OFFERED and i == st[_MNEXT]:
         await _manifest_piece(a, st, i, data)
@@ -244,9 +264,9 @@ async def on_message(a, epoch, seq, ts, body):
 
 
 async def _manifest_piece(a, st, i, data):
-    off = i * st[_PIECE] + a.ota_off
+    off = i * st[_PIECE] + st[_OFF]
     n = min(st[_PIECE], st[_MLEN] - i * st[_PIECE])  # this item's length
-    if a.ota_off + len(data) > n:
+    if st[_OFF] + len(data) > n:
         return
     p = a.flash + "/ota.man"
     try:
@@ -256,9 +276,9 @@ async def _manifest_piece(a, st, i, data):
     except OSError:
         await _fail(a, _OR_NO_STORAGE)
         return
-    a.ota_off += len(data)
-    a.ota_at = time.ticks_ms()
-    if a.ota_off < n:
+    st[_OFF] += len(data)
+    st[_AT] = time.ticks_ms()
+    if st[_OFF] < n:
         return
     st[_MNEXT] = i + 1
     if st[_MNEXT] * st[_PIECE] < st[_MLEN]:
@@ -273,10 +293,10 @@ async def _manifest_piece(a, st, i, data):
                 break
             h.update(b)
     if h.digest() != st[_MDIGEST]:  # not the manifest offered: fetch it again, twice at most
-        a.ota_bad += 1
+        st[_BAD] += 1
         st[_MNEXT] = 0
         write(a.flash, st)
-        if a.ota_bad >= _RETRIES:
+        if st[_BAD] >= _RETRIES:
             await _fail(a, _OR_INTEGRITY, b"manifest")
             return
         await request(a)
@@ -290,9 +310,9 @@ async def _manifest_piece(a, st, i, data):
 
 async def _chunk(a, st, i, data):
     n = min(st[_PIECE], st[_TOTAL] - i * st[_PIECE])  # the chunk's signed length
-    if a.ota_off + len(data) > n:  # never past it
+    if st[_OFF] + len(data) > n:  # never past it
         return
-    off = i * st[_PIECE] + a.ota_off
+    off = i * st[_PIECE] + st[_OFF]
     try:  # staged before it is checked, but only counted (_NEXT) once the whole chunk checks
         with open(a.flash + _STAGE, "r+b" if off else "wb") as f:
             f.seek(off)
@@ -300,17 +320,17 @@ async def _chunk(a, st, i, data):
     except OSError:
         await _fail(a, _OR_NO_STORAGE)
         return
-    if not a.ota_off:  # a chunk starts (also one the broker kept for us across a reset)
-        a.ota_h = hashlib.sha256()
-    a.ota_h.update(data)
-    a.ota_off += len(data)
-    a.ota_at = time.ticks_ms()
-    if a.ota_off < n:
+    if not st[_OFF]:  # a chunk starts (also one the broker kept for us across a reset)
+        st[_H] = hashlib.sha256()
+    st[_H].update(data)
+    st[_OFF] += len(data)
+    st[_AT] = time.ticks_ms()
+    if st[_OFF] < n:
         return
     with open(a.flash + "/ota.man", "rb") as f:
         f.seek(st[_TOFF] + 32 * i)
         want = f.read(32)
-    if a.ota_h.digest() != want:
+    if st[_H].digest() != want:
         print("idu: ota chunk", i, "corrupt")
         await request(a)  # asked again at once; its bytes on flash are written over
         return

@@ -10,6 +10,7 @@ import gc
 import os
 import time
 
+import heap
 import ota
 from micropython import const
 
@@ -49,6 +50,7 @@ def _state(flash):
 def run(flash, booted):
     st = ota.read(flash)
     if st is None or st[_STATE] != _VERIFY:
+        heap.unload("VERIFY")
         return
     cfg, board = booted[0], booted[1]
     gc.collect()
@@ -94,3 +96,4 @@ def run(flash, booted):
     st[_DETAIL] = detail.encode()[:16]
     ota.write(flash, st)
     print("idu: ota verify", detail or "ok", ms, "ms", "heap", gc.mem_alloc())
+    heap.unload("VERIFY")  # all of it, this module included, before the agent loads

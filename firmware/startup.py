@@ -78,7 +78,6 @@ def validate(raw):
         "keepalive": 60,
         "replay_rate": 20,
         "confirm_ms": 30000,  # delivery confirmation's re-send timeout; 0: a v1 device
-        "ota_wait_ms": 3000,  # an OTA request unanswered this long is sent again
         "buffer": 256,
         "backoff": {"base_ms": 1000, "cap_ms": 60000},
         "crash": {"max": 3, "window": 300, "stable": 60},
@@ -188,9 +187,10 @@ def start(flash):
     count, since, safe = decide(st[1], st[2], st[3], board.unix() or 0, c["max"], c["window"])
     epoch = (st[0] + 1) & 0xFFFFFFFF
     write_state(flash, epoch, count, since, END_UNCLEAN)
-    try:  # a downloaded manifest waits for the verifier phase (firmware/ota.py, otaverify.py)
-        with open(flash + "/ota.st", "rb") as f:
-            cfg["ota_verify"] = f.read(9)[8] == 100  # ota.VERIFY
+    try:  # an OTA transfer on flash (firmware/ota.py): the agent resumes or reports it, and a
+        with open(flash + "/ota.st", "rb") as f:  # downloaded manifest waits for otaverify.py
+            cfg["ota_verify"] = f.read(9)[8] == 100  # ota.py _VERIFY
+        cfg["ota"] = True
     except (OSError, IndexError):
         pass
     return cfg, board, epoch, safe, board.reset_cause(st[3]), config_hash(cfg)

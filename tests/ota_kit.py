@@ -48,3 +48,15 @@ def make_release(
     if out.exists():
         os.unlink(out)
     return R.write_release(out, manifest, payload)
+
+
+def short_wait(flash: Path, ms: int = 1000) -> Path:
+    """Set broker.wait_ms in the device's config.json: how long the agent waits for an answer
+    from the broker, and for an OTA item before asking again (firmware/ota.py)."""
+    import json
+
+    p = flash / "config.json"
+    cfg = json.loads(p.read_text())
+    cfg["broker"]["wait_ms"] = ms
+    p.write_text(json.dumps(cfg))
+    return flash

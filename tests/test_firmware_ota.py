@@ -20,7 +20,7 @@ from protocol import manifest as MF
 from protocol import messages as M
 from tests.controller.harness import ControllerThread, make_config, sqlite_config
 from tests.firmware.harness import Agent, make_flash
-from tests.ota_kit import make_release, release_key
+from tests.ota_kit import make_release, release_key, short_wait
 from tools import release as R
 
 MASTER = MasterKey(bytes(range(32)))
@@ -60,9 +60,9 @@ def stack(tmp_path: Path, broker_factory: Callable[..., Any]) -> Any:
     new = ct.call(ct.ctl.fleet.register, dev, "porto", "ribeira", "ap")
     flash = make_flash(
         tmp_path / "flash", dev, broker.port, key=new.key.hex(), release_key=PUB.hex(),
-        interval=1, ota_wait_ms=1000,
+        interval=1,
     )  # fmt: skip
-    agent = Agent(flash).start()
+    agent = Agent(short_wait(flash)).start()
     s = Stack(ct, agent, flash, dev)
     deadline = time.monotonic() + 20
     while "connected" not in agent.console():
