@@ -175,6 +175,8 @@ def main() -> None:
 
         t0 = time.monotonic()
         ct.call(fleet.offer_release, dev, str(rel1))
+        wait(lambda: status().get("state") in ("downloading", "failed"), 120, "verified", agent)
+        verified_s = time.monotonic() - t0
         wait(lambda: status().get("state") in ("downloaded", "failed"), 120, "download", agent)
         transfer_s = time.monotonic() - t0
         assert status()["result"] == "ok", status()
@@ -199,6 +201,7 @@ def main() -> None:
             "chunk_bytes": MF.parse(rel1.read_bytes()).chunk,
             "piece_bytes": PIECE,
             "transfer_s": round(transfer_s, 3),
+            "offer_to_verified_s": round(verified_s, 3),
             "raw_receive_s": round(raw_s, 3),
             "raw_receive_bytes": raw_bytes,
             "ratio_vs_raw_receive": round(transfer_s / raw_s, 2),
