@@ -391,8 +391,7 @@ class Agent:
         t0 = time.ticks_ms()
         rx = self.link.rx  # downlink messages, queued by the link's reader
         while True:
-            if self.ota is None:  # (a transfer samples at its own peaks: inbox.py)
-                self.sample_heap()
+            self.sample_heap()
             if not marked and time.ticks_diff(time.ticks_ms(), t0) >= stable_ms:
                 import bootstate
 

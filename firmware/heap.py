@@ -23,7 +23,7 @@ COMMAND cmds commands tunables bootstate ota
 RECORD bootstate
 AGENT agent link mqtt_codec ring backoff sealing sign compat writer asyncio asyncio.core
 CLAIM claim mqtt_codec codec reader errors compat writer
-VERIFY otaverify ota manifest ed25519 sha512 reader errors json
+VERIFY otaverify ota manifest ed25519 sha512 reader errors
 """
 # BOOT: boot (main.py, after startup.run): config validation, the boot record, the board table.
 # DECODER: opening a downlink message (inbox.py; a CONFIRM: protocol.confirm, settle.py), and boot's
