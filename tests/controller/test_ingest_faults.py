@@ -9,7 +9,10 @@ tests hold whatever admission rules are added in front of the store."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +33,7 @@ from tests.controller.conftest import drop, raw_sql, store_config
 from tests.controller.devsim import SimDevice, wait_for
 from tests.controller.harness import ControllerThread, make_config
 from tests.controller.test_service import http, register
-from tests.support.broker import Broker
+from tests.support.broker import Broker, free_port, wait_port
 from tests.support.postgres import PostgresCluster
 from tools.cli import cli
 
@@ -384,3 +387,81 @@ def test_store_errors_are_translated(backend: str, tmp_path: Path) -> None:
         assert await db.close(timeout=5)
 
     asyncio.run(go())
+
+
+def _serve(tmp: Path, broker: int, db: str, key: Path, api: int) -> subprocess.Popen[bytes]:
+    conf = tmp / "serve.toml"
+    conf.write_text(
+        f'[mqtt]\nport = {broker}\nclient_id = "ctl-term"\nkeepalive = 5\n'
+        f'[store]\nbackend = "sqlite"\npath = "{db}"\n'
+        f'[keys]\nmaster_key_file = "{key}"\n'
+        f"[api]\nport = {api}\n"
+        "[ingest]\nbatch_ms = 20\nshutdown_timeout = 1.0\n"
+        "[health]\ncommit_stale_s = 0.3\n"
+        '[log]\nlevel = "warning"\n'
+    )
+    log = open(tmp / "serve.log", "ab")  # noqa: SIM115 - handed to the child
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from tools.cli import main; main()",
+            "serve",
+            "--config",
+            str(conf),
+        ],
+        stdout=log,
+        stderr=log,
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,
+    )
+    log.close()
+    wait_port(api, 30)
+    return p
+
+
+def test_sigterm_of_idufleet_serve_with_a_hung_store_is_bounded_and_loses_nothing(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """`idufleet serve` as a process, its SQLite locked by the test (every commit hangs on the
+    busy timeout): SIGTERM ends the process within ingest.shutdown_timeout (1 s) plus a bound,
+    leaving what it could not commit unacknowledged with the broker; a second controller on
+    the same session then stores every report once."""
+    master = MasterKey(bytes(range(32)))
+    key = tmp_path / "master.key"
+    key.write_text(bytes(range(32)).hex() + "\n")
+    cfg_store = store_config("sqlite", tmp_path)
+    keys = register(cfg_store, master, 1)
+    api = free_port()
+    p = _serve(tmp_path, broker.port, cfg_store.path, key, api)
+    lock = sqlite3.connect(cfg_store.path, isolation_level=None)
+    try:
+        d = SimDevice("dev-0", keys[0], broker.port)
+        d.connect()
+        wait_for(lambda: count(cfg_store, "messages") >= 1, 15, "BIRTH stored")
+        lock.execute("BEGIN EXCLUSIVE")
+        for i in range(20):
+            d.report({16: i})
+        url = f"http://127.0.0.1:{api}/health"
+        wait_for(lambda: "commit_stale" in http(url)[1].get("reasons", []), 10, "commit_stale")
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(15)
+        took = time.monotonic() - t0
+        assert took < 1.0 + 3.0, took  # shutdown_timeout + link close + store close (2 s)
+        assert rc == 0, (tmp_path / "serve.log").read_text()[-2000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        if lock.in_transaction:
+            lock.rollback()
+        lock.close()
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+    p2 = _serve(tmp_path, broker.port, cfg_store.path, key, free_port())
+    try:
+        wait_for(lambda: count(cfg_store, "messages") == 21, 15, "21 stored after restart")
+    finally:
+        p2.send_signal(signal.SIGTERM)
+        p2.wait(15)
+    assert count(cfg_store, "raw_metrics") == 20  # one sample each: nothing stored twice
