@@ -76,3 +76,27 @@ def postgres_bindir() -> Path:
         return tuple(int(p) for p in parts if p.isdigit())
 
     return max(found, key=version)
+
+
+def device_root() -> Path:
+    """A short, fixed-length path to this checkout (a symlink /tmp/idu-<8 hex>), for running the
+    agent on the unix port. MicroPython keeps every imported module's file name (and sys.path)
+    as strings in its heap, so a long checkout path costs the 64 KiB agent hundreds of bytes
+    that a device, running from "/", never spends; a clone under a deep directory ran out of
+    heap where a short one did not. The link is made once per checkout and reused."""
+    import hashlib
+    import os
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    link = Path(tempfile.gettempdir()) / ("idu-" + hashlib.sha256(bytes(root)).hexdigest()[:8])
+    try:
+        if link.is_symlink() and Path(os.readlink(link)) == root:
+            return link
+        tmp = link.with_name(link.name + f".{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(root, target_is_directory=True)
+        os.replace(tmp, link)  # atomic: concurrent callers agree
+    except OSError:
+        return root  # no writable temp dir: run from the checkout itself
+    return link

@@ -143,14 +143,15 @@ AGENT_HEAP = os.environ.get("IDU_DEMO_HEAP", "64K")
 
 def start_agent(flash: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
-    env["MICROPYPATH"] = f"{ROOT}:{ROOT / 'firmware'}"
+    root = binaries.device_root()  # a short path, as on a device (tools/binaries.py says why)
+    env["MICROPYPATH"] = f"{root}:{root / 'firmware'}"
     log: IO[bytes] = open(flash / "agent.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [
             micropython_binary(),
             "-X",
             f"heapsize={AGENT_HEAP}",
-            str(ROOT / "firmware" / "main.py"),
+            str(root / "firmware" / "main.py"),
             str(flash),
         ],
         stdout=log,

@@ -109,8 +109,9 @@ def micropython() -> str:
 
 def agent_command(flash: Path, heap: str = AGENT_HEAP) -> tuple[list[str], dict[str, str]]:
     """argv and environment that run the agent on the unix port with flash as its flash."""
-    env = dict(os.environ, MICROPYPATH=f"{ROOT}:{FIRMWARE}")
-    argv = [micropython(), "-X", f"heapsize={heap}", str(FIRMWARE / "main.py"), str(flash)]
+    root = binaries.device_root()  # a short path, as on a device (tools/binaries.py says why)
+    env = dict(os.environ, MICROPYPATH=f"{root}:{root / 'firmware'}")
+    argv = [micropython(), "-X", f"heapsize={heap}", str(root / "firmware" / "main.py"), str(flash)]
     return argv, env
 
 

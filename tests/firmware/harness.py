@@ -25,6 +25,7 @@ from protocol.envelope import Message, decode, encode
 from protocol.errors import ProtocolError
 from protocol.sign import Signer
 from tests.support.upy import ROOT, micropython_binary
+from tools.binaries import device_root
 from tools.firmware_build import build
 
 # The heap the agent runs in for tests: the 64 KiB, on this 64-bit unix port (where objects
@@ -78,7 +79,11 @@ class Agent:
     def start(self) -> Agent:
         build()
         env = dict(os.environ)
-        env["MICROPYPATH"] = f"{ROOT}:{ROOT / 'firmware'}"
+        root = device_root()  # a short path, as on a device (tools/binaries.py says why)
+        env["MICROPYPATH"] = f"{root}:{root / 'firmware'}"
+        entry = self.entry
+        if entry.is_relative_to(ROOT):
+            entry = root / entry.relative_to(ROOT)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [
@@ -86,7 +91,7 @@ class Agent:
                 micropython_binary(),
                 "-X",
                 f"heapsize={self.heap}",
-                str(self.entry),
+                str(entry),
                 str(self.flash),
             ],
             stdout=log,
