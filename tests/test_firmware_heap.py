@@ -195,7 +195,9 @@ def test_every_phase_unloads_what_it_loaded(broker: Broker, tmp_path: Path) -> N
     table = runpy.run_path(str(FIRMWARE / "heap.py"))["_GROUPS"]  # plain Python: runs here too
     groups_of = {ln.split()[0]: ln.split()[1:] for ln in table.strip().splitlines()}
     obs = Observer(broker.port, confirm_every=0.2, confirming=False).start()
-    flash = make_flash(tmp_path, "ap-ph", broker.port, confirm_ms=60000)
+    # reports made before the observer starts confirming are re-sent after confirm_ms, then
+    # confirmed: 2 s keeps the wait short whichever of them were in flight at that moment
+    flash = make_flash(tmp_path, "ap-ph", broker.port, confirm_ms=2000)
     agent = Agent(flash, heap="256K", entry=ROOT / "tests" / "firmware" / "phases.py").start()
     try:
         obs.wait(lambda: obs.items("ap-ph", "birth"), 20, "birth")

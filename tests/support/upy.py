@@ -30,10 +30,21 @@ class UpyResult:
         return self
 
 
+def short(p: Path) -> Path:
+    """p inside the checkout, by the short link (tools.binaries.device_root); p elsewhere as is."""
+    from tools.binaries import device_root
+
+    return device_root() / p.relative_to(ROOT) if p.is_relative_to(ROOT) else p
+
+
 def upy_env(path: list[Path] | None = None) -> dict[str, str]:
     """MICROPYPATH with the repository root first so `import protocol` finds ours."""
+    from tools.binaries import device_root
+
     env = dict(os.environ)
-    dirs = [str(p) for p in (path or [])] + [str(ROOT), ".frozen", "~/.micropython/lib"]
+    # the checkout by a short link: module file names live in a 64 KiB heap (tools/binaries.py)
+    root = device_root()
+    dirs = [str(short(p)) for p in (path or [])] + [str(root), ".frozen", "~/.micropython/lib"]
     env["MICROPYPATH"] = ":".join(dirs)
     return env
 
@@ -52,7 +63,7 @@ def run_upy(
     prefix: a command the interpreter runs under (e.g. `debian_hosts`)."""
     cmd = [*(prefix or []), micropython_binary(), "-X", f"heapsize={heap}"]
     if isinstance(script, Path):
-        cmd.append(str(script))
+        cmd.append(str(short(script)))
     else:
         cmd += ["-c", script]
     proc = subprocess.run(
