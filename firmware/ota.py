@@ -206,8 +206,6 @@ async def on_message(a, epoch, seq, ts, body):
     """One verified OTA downlink message (inbox.py opened it): OFFER, DATA or GONE."""
     phase = body.get(_O_PHASE)
     rid = body.get(_O_RELEASE)
-    if a.ota is True:  # a message came before tick() loaded the transfer boot found on flash
-        resume(a)
     st = a.ota
     if not isinstance(rid, bytes) or len(rid) != 8:
         if phase == _OP_OFFER:
