@@ -130,8 +130,6 @@ class Controller:
         self.pipeline.confirm.send = self.fleet.send_confirm
         self.jobs = JobRunner(self.db, self.fleet, self.devices, tick=self.cfg.ingest.jobs_tick)
         self.pipeline.on_presence = self.jobs.on_presence
-        self.fleet.ota.send = self.fleet.send_ota
-        self.pipeline.ota_message = self.fleet.ota.on_message
         log.info(
             "controller starting",
             extra={

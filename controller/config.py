@@ -143,19 +143,6 @@ class ConfirmConfig:
 
 
 @dataclass(frozen=True)
-class OtaConfig:
-    """Serving releases to devices (docs/OTA.md, "Transfer")."""
-
-    chunks_per_s: float = 2000.0  # per release, every device together (~4 MB/s at 2 KiB)
-    burst: int = 64  # chunks a release may serve at once before the rate applies
-    max_pending: int = 4096  # requests waiting for the rate limit; more are dropped (re-asked)
-
-    def __post_init__(self) -> None:
-        if self.chunks_per_s <= 0 or self.burst < 1 or self.max_pending < 1:
-            raise ConfigError("ota.chunks_per_s must be > 0, ota.burst and ota.max_pending >= 1")
-
-
-@dataclass(frozen=True)
 class ApiConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -241,7 +228,6 @@ class Config:
     keys: KeysConfig = field(default_factory=KeysConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
-    ota: OtaConfig = field(default_factory=OtaConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     log: LogConfig = field(default_factory=LogConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
@@ -266,7 +252,6 @@ _SECTION_TYPES = {
     "keys": KeysConfig,
     "ingest": IngestConfig,
     "confirm": ConfirmConfig,
-    "ota": OtaConfig,
     "api": ApiConfig,
     "log": LogConfig,
     "fleet": FleetConfig,

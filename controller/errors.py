@@ -76,12 +76,6 @@ class JobError(ControllerError):
     code = "job"
 
 
-class OtaError(ControllerError):
-    """A release cannot be offered or served (unreadable file, not a release)."""
-
-    code = "ota"
-
-
 class OperatorError(ControllerError):
     """An operator account request was refused (bad name or role, name taken, unknown name)."""
 

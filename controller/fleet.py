@@ -25,11 +25,9 @@ from controller.domain.rotation import ACK_TIMEOUT_S, ARG_KEY, GRACE_S, DualSign
 from controller.errors import CommandError
 from controller.keys import MasterKey, new_device_key
 from controller.metrics import Metrics
-from controller.ota import OtaServer
 from controller.store.thread import StoreThread
 from protocol import messages as M
 from protocol import metrics as pm
-from protocol import ota as OTA
 from protocol.sign import Signer
 
 log = logging.getLogger("idufleet.controller")
@@ -52,7 +50,6 @@ class Build:
     args: dict[int, Any] | None
     ttl: int
     recorded_args: dict[str, Any] | None
-    body: dict[int, Any] | None = None  # an OTA OFFER body: built on `ota` instead of a COMMAND
 
 
 def _record_commands(s: Any, cmds: list[tuple[OutgoingCommand, dict[str, Any] | None]]) -> None:
@@ -74,10 +71,8 @@ class Fleet:
         publish: Publish,
         metrics: Metrics,
         on_presence: Callable[[PresenceEvent], None] | None = None,
-        ota: OtaServer | None = None,
     ) -> None:
         self.cfg = cfg
-        self.ota = ota if ota is not None else OtaServer(cfg.ota, devices)
         self.db = db
         self.devices = devices
         self.master = master
@@ -142,12 +137,7 @@ class Fleet:
         cmds: list[tuple[OutgoingCommand, dict[str, Any] | None]] = []
         for b in builds:
             try:
-                if b.body is not None:
-                    cmd = self.issuer.build_ota(b.signer, b.dev.site, b.dev.id, b.body, now, b.ttl)
-                else:
-                    cmd = self.issuer.build(
-                        b.signer, b.dev.site, b.dev.id, b.op, b.args, now, b.ttl
-                    )
+                cmd = self.issuer.build(b.signer, b.dev.site, b.dev.id, b.op, b.args, now, b.ttl)
             except ValueError as e:
                 raise CommandError(str(e)) from None
             cmds.append((cmd, b.recorded_args))
@@ -176,11 +166,8 @@ class Fleet:
         args: dict[int, Any] | None,
         ttl: int,
         recorded_args: dict[str, Any] | None,
-        body: dict[int, Any] | None = None,
     ) -> OutgoingCommand:
-        """One signed downlink through `_issue`; with `body`, an OTA OFFER (on `ota`, recorded
-        under protocol.ota.OFFER_OP) instead of a COMMAND."""
-        [cmd] = await self._issue([Build(dev, signer, op, args, ttl, recorded_args, body)])
+        [cmd] = await self._issue([Build(dev, signer, op, args, ttl, recorded_args)])
         return cmd
 
     async def issue_for_jobs(
@@ -217,50 +204,6 @@ class Fleet:
         self.metrics.confirms.inc()
         self.metrics.confirm_ranges.inc(len(ranges) // 3)
         return True
-
-    def send_ota(self, device_id: str, body: dict[int, Any]) -> bool:
-        """An OTA DATA or GONE (docs/PROTOCOL.md "9 OTA") to the device, signed with the key it
-        holds now, QoS 1 on its `ota` topic; not recorded (a lost one is asked for again). False
-        when the device is unknown or disabled."""
-        dev = self.devices.get(device_id)
-        if dev is None or not dev.active:
-            return False
-        cmd = self.issuer.build_ota(current(dev.signer), dev.site, dev.id, body, int(time.time()))
-        self.publish(cmd.topic, cmd.payload, 1)
-        return True
-
-    async def offer_release(
-        self, device_id: str, release_path: str, ttl: int = 3600
-    ) -> dict[str, Any]:
-        """Offer the release file at release_path (on this host) to the device: an OFFER through
-        `_issue` (recorded; the device's ACK settles it: 0 taken, 6 busy), then the device pulls
-        the manifest and the chunks from this controller's OtaServer. Raises RegistryError (no
-        such active device), OtaError (not a release) or CommandError (bad ttl)."""
-        dev = self.devices.active(device_id)
-        if not 0 < ttl <= 86400:
-            raise CommandError("ttl must be 1..86400 seconds")
-        rel = self.ota.add(release_path)
-        body = OTA.offer(
-            rel.manifest_sha256, rel.version, rel.display, rel.manifest_size, rel.chunk,
-            int(time.time()) + ttl,
-        )  # fmt: skip
-        recorded = {"release": rel.rid.hex(), "version": rel.display, "path": rel.path}
-        cmd = await self._issue_one(
-            dev, current(dev.signer), OTA.OFFER_OP, None, ttl, recorded, body
-        )
-        self.ota.offered(device_id, rel)
-        return {
-            "epoch": cmd.epoch,
-            "seq": cmd.seq,
-            "device": device_id,
-            "release": rel.rid.hex(),
-            "version": rel.display,
-            "status": "sent",
-        }
-
-    def ota_status(self, device_id: str) -> dict[str, Any] | None:
-        """The controller's mirror of the device's transfer (its last STATUS, chunks served)."""
-        return self.ota.status(device_id)
 
     async def send_command(
         self, device_id: str, op: str | int, args: dict[int, Any] | None = None, ttl: int = 60

@@ -76,7 +76,7 @@ class Pipeline:
         self.batcher: Batcher[Pending] = Batcher(ing.batch_size, ing.batch_ms / 1000.0)
         self.link = MqttLink(
             cfg.mqtt,
-            [topics.uplink_filter(c) for c in topics.DEVICE_SENDS],
+            [topics.uplink_filter(c) for c in topics.UPLINK],
             self.on_message,
             manual_ack=cfg.ingest.ack_after_commit,
             sys_topics=list(SYS_STATS),
@@ -101,8 +101,6 @@ class Pipeline:
         # Delivery confirmation (controller/confirm.py): told about replays and commits here,
         # sends on its own task; app.py gives it the Fleet's signed-downlink function.
         self.confirm = Confirmer(cfg.confirm, devices, db)
-        # OTA requests and status (`otr`): never ingested; app.py hands the OtaServer's handler.
-        self.ota_message: Callable[[str, bytes], None] | None = None
 
     # --- receiving (loop thread, synchronous) ----------------------------------------------
     def on_message(
@@ -112,11 +110,6 @@ class Pipeline:
         if self.first_received is None:
             self.first_received = now
         self.metrics.received.inc()
-        if topic.endswith("/" + topics.OTA_UP):  # OTA traffic: served, not stored
-            self.link.ack(handle)
-            if self.ota_message is not None:
-                self.ota_message(topic, payload)
-            return
         if topics.is_death_clear(topic, payload):  # neither ingested nor refused
             self.metrics.death_cleared.inc()
             self.acks.append(handle)

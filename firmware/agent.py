@@ -51,8 +51,6 @@ STOPPED = const(0)
 CRASHED = const(70)  # a task died: main.py resets the board (exits 1 on the unix port)
 REBOOT = const(75)  # a reboot command: main.py restarts the agent
 
-_OTA_AT = const(15)  # ota.py's _AT, _WAIT: fields of a.ota
-_OTA_WAIT = const(20)
 _SLOT = const(448)  # ring slot: 2-byte length + one signed REPORT/BATCH payload
 _HEALTH = (1, 2, 3, 5, 6)
 
@@ -109,9 +107,6 @@ class Agent:
         # progress (freed by a CONFIRM, first sent, or a re-send pass began), and the passes made.
         self.t_mark = time.ticks_ms()
         self.resends = 0
-        # a transfer while one is on (ota.py: a list, persisted fields then RAM); True when
-        # boot found one on flash (startup.py), which the downlink loop resumes once connected
-        self.ota = cfg.pop("ota", None)
         self.setup_metrics()
 
     def setup_metrics(self):
@@ -408,18 +403,8 @@ class Agent:
                 del bootstate
                 heap.unload("RECORD")
                 marked = True
-            o = self.ota  # a transfer (ota.py): resume one left on flash (True), or ask again
-            if self.ready and (  # when nothing came for broker.wait_ms
-                o is True or o and time.ticks_diff(time.ticks_ms(), o[_OTA_AT]) > o[_OTA_WAIT]
-            ):
-                import ota
-
-                await ota.tick(self)
-                del ota
-                heap.unload("ota")
-            o = None
-            if not rx:  # a transfer waits on one item at a time: look often while it runs
-                await sleep_ms(200 if self.ota is None else 2)
+            if not rx:
+                await sleep_ms(200)
                 continue
             gc.collect()  # the command's code and data go into holes left by report garbage
             while rx:
@@ -430,12 +415,7 @@ class Agent:
                     m = inbox.handle(self, topic, payload)
                     del inbox, payload
                     heap.unload("DECODER")
-                    if m and not m[0] and topic.endswith(b"/ota"):
-                        import ota  # unloaded below with COMMAND (heap.py OTA is its line)
-
-                        await ota.on_message(self, *m[1:])
-                        del ota
-                    elif m:
+                    if m:
                         import cmds
 
                         await cmds.run(self, topic, *m)

@@ -58,7 +58,7 @@ _DG_REFUSED_MALFORMED = const(16)
 
 async def run(a, topic, result, epoch, seq, ts, body):
     """Ack a downlink message inbox.handle refused (result), or admit (expiry, replay), execute
-    and ack one it opened, for agent a. An OTA message comes here only when inbox.py refused it."""
+    and ack one it opened, for agent a. OTA is acked as an unknown op: not in this firmware."""
     if not result:
         if ts is not None and a.board.unix() is None:
             a.time_off = ts - a.uptime()  # no RTC: learn the time from verified downlink

@@ -19,26 +19,22 @@ BOOT startup bootstate tunables boards
 DECODER inbox downlink confirm settle codec reader errors
 ADMIT commands bootstate
 SETTINGS tunables bootstate
-COMMAND cmds commands tunables bootstate ota
+COMMAND cmds commands tunables bootstate
 RECORD bootstate
 AGENT agent link mqtt_codec ring backoff sealing sign compat writer asyncio asyncio.core
 CLAIM claim mqtt_codec codec reader errors compat writer
-VERIFY otaverify ota manifest ed25519 sha512 reader errors
 """
 # BOOT: boot (main.py, after startup.run): config validation, the boot record, the board table.
 # DECODER: opening a downlink message (inbox.py; a CONFIRM: protocol.confirm, settle.py), and boot's
 #   reading of config.over (the codec).
 # ADMIT: admitting a command: the replay guard and its file (cmds.py, before executing).
 # SETTINGS: applying set_config / a CONFIG message: the tunables and the overrides file.
-# COMMAND: a whole command, after its ack (agent.py): whatever a finished or failed one left
-#   (an OTA message's ota.py too; agent.py unloads ota alone after an OTA timeout step).
+# COMMAND: a whole command, after its ack (agent.py): whatever a finished or failed one left.
 # RECORD: marking how this run ends (agent.py): the boot record alone.
 # AGENT: the running agent and what it imported (asyncio, the signing path), unloaded before boot
 #   runs again after a reboot command (unix port), so the second boot starts from the same
 #   modules as the first; agent.run adds the board module (the board table knows boards).
 # CLAIM: the claim step (claim.py) before the first boot, which then starts as on any board.
-# VERIFY: the boot-time manifest check (otaverify.py, main.py): the Ed25519 verifier and the
-#   manifest decoder, which do not fit beside the running agent.
 
 
 def unload(*names):

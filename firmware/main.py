@@ -26,8 +26,6 @@ def main():
         flash, booted = startup.run()
         del startup
         heap.unload("BOOT")  # boot-only code: freed before the agent loads
-        if booted and booted[0].pop("ota_verify", 0):  # a downloaded manifest waits (ota.py)
-            __import__("otaverify").run(flash, booted)  # unloads heap.py VERIFY itself
         if booted is None:  # provisioned with a claim bundle: fetch the identity, boot again
             __import__("claim").boot(flash)  # unloads heap.py CLAIM itself
         elif not __import__("agent").run(flash, booted):

@@ -187,12 +187,6 @@ def start(flash):
     count, since, safe = decide(st[1], st[2], st[3], board.unix() or 0, c["max"], c["window"])
     epoch = (st[0] + 1) & 0xFFFFFFFF
     write_state(flash, epoch, count, since, END_UNCLEAN)
-    try:  # an OTA transfer on flash (firmware/ota.py): the agent resumes or reports it, and a
-        with open(flash + "/ota.st", "rb") as f:  # downloaded manifest waits for otaverify.py
-            cfg["ota_verify"] = f.read(9)[8] == 100  # ota.py _VERIFY
-        cfg["ota"] = True
-    except (OSError, IndexError):
-        pass
     return cfg, board, epoch, safe, board.reset_cause(st[3]), config_hash(cfg)
 
 

@@ -147,10 +147,9 @@ def decode(
             raise ProtocolError(BAD_TAG, "verification needs the topic")
         signer.verify(topic.encode(), payload[: n - TRAILER_LEN], tag)
     _check_fields(mtype, epoch, seq, ts, up)
-    ota_up = mtype == M.OTA and channel == "otr"  # OTA's uplink (section 7, "9 OTA")
-    if ts is None and (up is None or (mtype >= M.COMMAND and not ota_up)):
+    if ts is None and (up is None or mtype >= M.COMMAND):
         raise ProtocolError(BAD_FIELD, "uplink carries ts or up, downlink carries ts")
-    if channel and M.CHANNEL[mtype] != channel and not ota_up:
+    if channel and M.CHANNEL[mtype] != channel:
         raise ProtocolError(UNKNOWN_TYPE, "%s not allowed on %s" % (M.NAMES[mtype], channel))
     body = env[M.K_BODY]
     check_body(mtype, body)

@@ -62,7 +62,6 @@ MAX_PACKET = {
     "cmd": 512,
     "cfg": 1024,
     "ota": 2304,
-    "otr": 128,
 }
 MAX_PACKET_ANY = 2304
 
@@ -164,35 +163,14 @@ G_DEADBANDS = 1  # map {metric id: delta in the metric's fixed-point units}
 G_METRICS = 2  # array of metric ids to report (absent: all)
 G_BATCH = 3  # int, samples per message (1: plain REPORT)
 
-# OTA (docs/PROTOCOL.md section 7, "9 OTA"): type 9 both ways. Downlink on `ota` (offer, data,
-# gone), uplink on `otr` (request, status): MQTT 3.1.1 has no no-local, so a device publishing on
-# the topic it subscribes to would read its own requests back.
-O_PHASE = 0  # uint, every OTA body: one of OP_* below
-OP_OFFER = 1  # controller -> device: a release is available
-OP_DATA = 2  # controller -> device: one piece of the manifest or one payload chunk
-OP_GONE = 3  # controller -> device: the release named is no longer served
-OP_REQUEST = 4  # device -> controller: pieces / chunks wanted
-OP_STATUS = 5  # device -> controller: state, result code, progress
-O_RELEASE = 1  # bin(8): release id = first 8 bytes of SHA-256 of the manifest
-# OFFER
-O_VERSION = 2  # uint: the manifest's version number (informational until verified)
-O_DISPLAY = 3  # str: display version
-O_MANIFEST_SIZE = 4  # uint: manifest bytes
-O_MANIFEST_SHA256 = 5  # bin(32): SHA-256 of the manifest (the offer's HMAC binds it)
-O_PIECE = 6  # uint: piece size for the manifest download (= the release's chunk size)
-O_EXPIRES = 7  # uint: unix seconds; an offer at or after it is ignored
-# DATA / REQUEST
-O_PART = 2  # uint: PART_MANIFEST or PART_PAYLOAD
-O_INDEX = 3  # uint: first piece / chunk index
-O_COUNT = 4  # uint, REQUEST: how many from O_INDEX (1..OTA_MAX_WINDOW)
-O_DATA = 4  # bin, DATA: bytes of item O_INDEX (a piece of it when the REQUEST split it)
-O_SPLIT = 5  # uint, REQUEST opt: answer in DATA of at most this many bytes (64..4096)
-O_OFFSET = 5  # uint, DATA: where O_DATA starts within item O_INDEX
-PART_MANIFEST = 0
-PART_PAYLOAD = 1
-OTA_MAX_WINDOW = 4  # chunks one REQUEST may ask for (the device's downlink queue holds 4)
-# STATUS keys, states (OS_*) and result codes (OR_*): protocol/ota.py (kept out of this module,
-# which devices load in a 64 KiB heap).
+# OTA
+O_PHASE = 0  # int, 1 offer, 2 chunk, 3 commit, 4 abort
+O_VERSION = 1  # str
+O_SIZE = 2  # int
+O_SHA256 = 3  # bin(32)
+O_SIGNATURE = 4  # bin(64), Ed25519 over the image's SHA-256
+O_OFFSET = 5  # int
+O_DATA = 6  # bin
 
 # CONFIRM (docs/PROTOCOL.md "Delivery confirmed by the store")
 F_RANGES = 0  # array: [epoch, first seq, count] triples, ascending, of uplink messages stored

@@ -16,11 +16,9 @@ ACK = "ack"
 COMMAND = "cmd"
 CONFIG = "cfg"
 OTA = "ota"
-OTA_UP = "otr"  # the device's OTA requests and status (docs/PROTOCOL.md, "9 OTA")
 UPLINK = (BIRTH, DEATH, REPORT, EVENT, ACK)
-DEVICE_SENDS = UPLINK + (OTA_UP,)  # what a device may publish (its ACL); otr is not ingested
 DOWNLINK = (COMMAND, CONFIG, OTA)
-CHANNELS = DEVICE_SENDS + DOWNLINK
+CHANNELS = UPLINK + DOWNLINK
 
 MAX_ID = 32
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"

@@ -86,15 +86,6 @@ def check(vec: dict) -> dict:  # type: ignore[type-arg]
     except ProtocolError as e:
         return {"error": e.code}
     out: dict = {"fields": to_json(msg)}  # type: ignore[type-arg]
-    if msg.type == M.OTA and "ota" in vec:  # the body's own rules (protocol/ota.py)
-        from protocol import ota
-
-        try:
-            up = topic.endswith("/otr")
-            got = ota.check_uplink(msg.body) if up else ota.check_downlink(msg.body)
-            out["ota"] = value_to_json(list(got))
-        except ProtocolError as e:
-            out["ota"] = {"error": e.code, "field": e.detail}
     try:
         if encode(signer, topic, from_json(out["fields"])) != payload:
             out["reencode"] = "differs"

@@ -237,7 +237,7 @@ def static_acl(controller_user: str, admin_users: tuple[str, ...] = ()) -> str:
     for admin in admin_users:
         out += [f"user {admin}", f"topic readwrite {topics.ROOT}/#"]
     out.append("")
-    for ch in topics.DEVICE_SENDS:
+    for ch in topics.UPLINK:
         out.append(f"pattern write {topics.PREFIX}+/%u/{ch}")
     for ch in topics.DOWNLINK:
         out.append(f"pattern read {topics.PREFIX}+/%u/{ch}")

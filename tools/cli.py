@@ -13,7 +13,6 @@ from tools.doctor import doctor_command
 from tools.firmware_build import firmware_group
 from tools.flash_cmds import flash_cmd
 from tools.operator_cmds import audit, operator_group
-from tools.ota_cmds import ota_group
 from tools.release_cmds import release_group
 from tools.sim_cmds import simulate_cmd
 
@@ -34,7 +33,6 @@ for _cmd in CONTROLLER_COMMANDS:  # serve, device, devices, metrics, command, de
 provision_cmds.register(cli)  # claim, provision, device rotate-key/revoke
 cli.add_command(simulate_cmd)
 cli.add_command(release_group)
-cli.add_command(ota_group)
 cli.add_command(operator_group)
 cli.add_command(audit)
 cli.add_command(doctor_command())

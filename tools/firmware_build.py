@@ -29,14 +29,11 @@ PROTOCOL = (
     "compat",
     "confirm",  # a CONFIRM's ranges, loaded while one is opened (heap.py DECODER)
     "downlink",
-    "ed25519",  # the OTA verifier phase (firmware/otaverify.py), with manifest and sha512
     "envelope",
     "errors",
-    "manifest",
     "messages",
     "reader",
     "sealing",
-    "sha512",
     "sign",
     "topics",
     "writer",

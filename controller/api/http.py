@@ -421,34 +421,6 @@ async def rotate_key(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
-async def offer_release(request: web.Request) -> web.Response:
-    """POST /api/devices/{id}/ota {release, ttl}: offer the release file (a path on the
-    controller's host) to the device; 202 once the OFFER is sent (docs/OTA.md)."""
-    try:
-        body = await _json(request)
-        release = str(body["release"])
-        ttl = int(body.get("ttl", 3600))
-    except (KeyError, ValueError, TypeError, AttributeError) as e:
-        raise _bad(
-            f"send JSON with release (a release file on the controller) and ttl: {e}"
-        ) from None
-    try:
-        out = await request.app[OPS].fleet.offer_release(request.match_info["id"], release, ttl)
-    except ControllerError as e:
-        raise error(web.HTTPBadRequest, str(e), e.code) from None
-    return web.json_response(out, status=202)
-
-
-async def ota_status(request: web.Request) -> web.Response:
-    """GET /api/devices/{id}/ota: the device's transfer as this controller mirrors it."""
-    out = request.app[OPS].fleet.ota_status(request.match_info["id"])
-    if out is None:
-        raise error(
-            web.HTTPNotFound, "no transfer offered to this device by this controller", "not_found"
-        )
-    return web.json_response(out)
-
-
 async def get_command(request: web.Request) -> web.Response:
     try:
         epoch, seq = int(request.match_info["epoch"]), int(request.match_info["seq"])
@@ -572,8 +544,6 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/api/devices/{id}/enable"): "admin",
     ("POST", "/api/devices/{id}/commands"): "operator",
     ("POST", "/api/devices/{id}/rotate-key"): "admin",
-    ("POST", "/api/devices/{id}/ota"): "operator",
-    ("GET", "/api/devices/{id}/ota"): "viewer",
     ("GET", "/api/commands/{epoch}/{seq}"): "viewer",
     ("GET", "/api/zones"): "viewer",
     ("GET", "/api/presence"): "viewer",
@@ -597,7 +567,6 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("POST", "/api/devices/{id}/enable"): "device.enable",
     ("POST", "/api/devices/{id}/commands"): "device.command",
     ("POST", "/api/devices/{id}/rotate-key"): "device.rotate_key",
-    ("POST", "/api/devices/{id}/ota"): "device.ota_offer",
     ("POST", "/api/operators"): "operator.add",
     ("POST", "/api/operators/{name}/revoke"): "operator.revoke",
     ("POST", "/api/quarantine/replay"): "quarantine.replay",
@@ -620,8 +589,6 @@ def make_app(ops: ApiOps) -> web.Application:
     r.add_post("/api/devices/{id}/enable", enable_device)
     r.add_post("/api/devices/{id}/commands", send_command)
     r.add_post("/api/devices/{id}/rotate-key", rotate_key)
-    r.add_post("/api/devices/{id}/ota", offer_release)
-    r.add_get("/api/devices/{id}/ota", ota_status)
     r.add_get("/api/commands/{epoch}/{seq}", get_command)
     r.add_get("/api/zones", list_zones)
     r.add_get("/api/presence", presence)

@@ -11,7 +11,6 @@ from protocol import messages as M
 from protocol import topics
 from protocol.commands import MAX_TTL
 from protocol.envelope import Message, check_body, encode
-from protocol.ota import OFFER_OP
 from protocol.sign import Signer
 
 OPS = {name.replace("_", "-"): op for op, name in M.OP_NAMES.items()}  # ping, reboot, set-config...
@@ -81,19 +80,6 @@ class CommandIssuer:
         payload = encode(signer, topic, Message(M.COMMAND, self.epoch, self.seq, body, ts=now))
         return OutgoingCommand(
             self.epoch, self.seq, device, topic, code, args, now, now + ttl, payload
-        )
-
-    def build_ota(
-        self, signer: Signer, site: str, device: str, body: dict[int, Any], now: int, ttl: int = 0
-    ) -> OutgoingCommand:
-        """An OTA message (docs/PROTOCOL.md "9 OTA") on the device's `ota` topic, numbered in the
-        same sequence as commands: an OFFER (ttl > 0: expires recorded; `op` OFFER_OP in the
-        commands table, settled by the device's ACK) or a DATA/GONE (never recorded)."""
-        self.seq += 1
-        topic = topics.topic(site, device, topics.OTA)
-        payload = encode(signer, topic, Message(M.OTA, self.epoch, self.seq, body, ts=now))
-        return OutgoingCommand(
-            self.epoch, self.seq, device, topic, OFFER_OP, None, now, now + ttl, payload
         )
 
     def build_confirm(

@@ -21,13 +21,3 @@ class TokenBucket:
             return True
         self.denied += 1
         return False
-
-    def reserve(self, now: float) -> float:
-        """Take a token even when none is left (the balance goes negative): the seconds until
-        it would have been there, 0.0 when it was. The OTA server defers a chunk that long
-        instead of refusing it, so a burst of requests is paced, not dropped."""
-        if self.stamp is not None:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        self.tokens -= 1.0
-        return 0.0 if self.tokens >= 0.0 else -self.tokens / self.rate

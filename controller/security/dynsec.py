@@ -71,7 +71,7 @@ def device_acls(site: str, device: str) -> list[Command]:
     _check(site, device)
     acls: list[Command] = [
         {"acltype": "publishClientSend", "topic": topics.topic(site, device, ch), "allow": True}
-        for ch in topics.DEVICE_SENDS
+        for ch in topics.UPLINK
     ]
     for ch in topics.DOWNLINK:
         t = topics.topic(site, device, ch)

@@ -20,7 +20,7 @@ def main(paths):
             # what check() reads, nothing else: the expected fields are the CPython side's to
             # compare, and a device never holds a vector's JSON (a 21-range CONFIRM's line is
             # larger than the message itself)
-            for k in ("fields", "error", "note", "description"):  # "ota" only marks: check its body
+            for k in ("fields", "error", "note", "description"):
                 if k in vec:
                     del vec[k]
             gc.collect()

@@ -110,7 +110,6 @@ FILES: dict[str, list[dict[str, Any]]] = {
     "admission": [],
     "precedence": [],
     "confirm": [],
-    "ota": [],
 }
 
 
@@ -1366,75 +1365,6 @@ def build_confirm() -> None:
     )
 
 
-def ota_vectors() -> None:
-    """OTA transfer bodies (docs/PROTOCOL.md section 7, "9 OTA"): offer, data and gone on `ota`,
-    request and status on `otr`, each with the tuple protocol.ota's check returns (the "ota"
-    key), and bodies the envelope accepts but protocol.ota refuses, with the field it names."""
-    from protocol import ota
-
-    f = "ota"
-    down = topic(AP, "ota")
-    up = topic(AP, "otr")
-    digest = bytes(range(100, 132))
-    rid = ota.release_id(digest)
-
-    def add(name: str, tpc: str, msg: Message, want: object) -> None:
-        valid(f, name, tpc, msg)
-        FILES[f][-1]["ota"] = want
-
-    def tup(*xs: object) -> object:
-        from protocol.vectors import value_to_json
-
-        return value_to_json(list(xs))
-
-    offer = ota.offer(digest, 1004002, "1.4.2", 3410, 2048, T0 + 3600)
-    add("ota_offer_release", down, Message(M.OTA, 9, 50, offer, ts=T0),
-        tup("offer", rid, 1004002, "1.4.2", 3410, digest, 2048, T0 + 3600))  # fmt: skip
-    piece = bytes(range(256)) * 2
-    add("ota_data_manifest_piece", down, Message(M.OTA, 9, 51, ota.data(rid, 0, 1, piece), ts=T0),
-        tup("data", rid, 0, 1, 0, piece))  # fmt: skip
-    add("ota_data_split_chunk", down,
-        Message(M.OTA, 9, 54, ota.data(rid, 1, 30, piece, 1536), ts=T0),
-        tup("data", rid, 1, 30, 1536, piece))  # fmt: skip
-    chunk = bytes((i * 37) & 0xFF for i in range(2048))  # a full 2 KiB chunk fits `ota`
-    add("ota_data_payload_chunk", down, Message(M.OTA, 9, 52, ota.data(rid, 1, 30, chunk), ts=T0),
-        tup("data", rid, 1, 30, 0, chunk))  # fmt: skip
-    add("ota_gone", down, Message(M.OTA, 9, 53, ota.gone(rid), ts=T0), tup("gone", rid))
-    add("ota_request_window", up, Message(M.OTA, 12, 7, ota.request(rid, 1, 30, 2), up=5),
-        tup("request", rid, 1, 30, 2, 0))  # fmt: skip
-    add("ota_request_split", up, Message(M.OTA, 12, 10, ota.request(rid, 1, 31, 1, 512), up=5),
-        tup("request", rid, 1, 31, 1, 512))  # fmt: skip
-    st = ota.status(rid, ota.OS_DOWNLOADED, ota.OR_OK, 31, 31)
-    add("ota_status_downloaded", up, Message(M.OTA, 12, 8, st, ts=T0, up=6),
-        tup("status", rid, 3, 1, 31, 31, None))  # fmt: skip
-    st = ota.status(rid, ota.OS_FAILED, ota.OR_WRONG_BOARD, 0, 31, "wrong_board")
-    add("ota_status_refused", up, Message(M.OTA, 12, 9, st, up=7),
-        tup("status", rid, 8, 12, 0, 31, "wrong_board"))  # fmt: skip
-
-    def refused(name: str, tpc: str, body: dict[int, Any], field: str) -> None:
-        add(name, tpc, Message(M.OTA, 9, 60, body, ts=T0), {"error": "bad_field", "field": field})
-
-    refused("ota_offer_id_not_digest", down, {**offer, M.O_RELEASE: b"x" * 8}, "release")
-    refused("ota_offer_piece_not_power_of_two", down, {**offer, M.O_PIECE: 3000}, "piece")
-    refused("ota_data_empty", down, ota.data(rid, 1, 0, b""), "data")
-    refused("ota_data_bad_part", down, ota.data(rid, 2, 0, b"x"), "part")
-    refused("ota_request_window_too_big", up, ota.request(rid, 1, 0, 5), "count")
-    refused("ota_request_count_zero", up, ota.request(rid, 1, 0, 0), "count")
-    refused("ota_request_split_too_small", up, ota.request(rid, 1, 0, 1, 32), "split")
-    refused(
-        "ota_data_offset_missing", down, {**ota.data(rid, 1, 0, b"x"), M.O_OFFSET: None}, "offset"
-    )
-    refused("ota_status_unknown_state", up, ota.status(rid, 9, 0, 0, 1), "state")
-    refused("ota_unknown_phase", up, {M.O_PHASE: 7, M.O_RELEASE: rid}, "phase")
-    refused("ota_short_release_id", up, ota.request(rid[:4], 1, 0, 1), "release")
-    # the envelope rules: OTA on `otr` is uplink (ts or up), on `ota` downlink (ts required)
-    no_ts = encode(Signer(KEY), down, Message(M.OTA, 9, 61, ota.gone(rid), up=3))
-    invalid(f, "ota_downlink_without_ts", down, no_ts, "bad_field")
-    rep = topic(AP, "rep")
-    on_rep = encode(Signer(KEY), rep, Message(M.OTA, 12, 9, st, ts=T0))
-    invalid(f, "ota_on_rep", rep, on_rep, "unknown_type")
-
-
 def render(vectors: list[dict[str, Any]]) -> str:
     return "[\n" + ",\n".join(json.dumps(v, ensure_ascii=False) for v in vectors) + "\n]\n"
 
@@ -1449,7 +1379,6 @@ ABOUT = {
     "device": "the device subset: run in a 64 KiB heap from .mpy, and the mutation seeds",
     "admission": "what the store can hold, per field, and the time fields (sections 4, 5, 7)",
     "precedence": "which error is reported when two apply (sections 4 and 10)",
-    "ota": "OTA transfer bodies on `ota` and `otr`, with protocol.ota's verdict (section 7, 9 OTA)",
 }
 
 
@@ -1481,13 +1410,12 @@ def main(argv: list[str]) -> int:
     build_admission()
     build_precedence()
     build_confirm()
-    ota_vectors()
     status = 0
     for name, vecs in FILES.items():
         names = [v["name"] for v in vecs]
         assert len(names) == len(set(names)), "duplicate vector names in " + name
         for v in vecs:
-            want = {k: v[k] for k in ("fields", "error", "reencode", "ota") if k in v}
+            want = {k: v[k] for k in ("fields", "error", "reencode") if k in v}
             try:
                 got = check(v)
             except Exception as e:  # a protocol bug: report it, the vector still says the truth
