@@ -11,7 +11,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -24,8 +23,8 @@ from controller.store import open_store
 from sim.model import Behaviour, DeviceSpec
 from sim.runner import Fleet, Target
 from sim.session import stored_counts
-from tests.controller.harness import ControllerThread, make_config, sqlite_config
-from tests.support.broker import Broker, free_port, wait_port
+from tests.controller.harness import ControllerThread, make_config, spawn_serve, sqlite_config
+from tests.support.broker import Broker, free_port
 
 MASTER = MasterKey(bytes(range(32)))
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,24 +119,7 @@ def _serve(tmp: Path, name: str, broker: int, db: Path, key: Path) -> subprocess
         "[confirm]\ninterval_ms = 300\nreload_ms = 300\n"
         '[log]\nlevel = "warning"\n'
     )
-    log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from tools.cli import main; main()",
-            "serve",
-            "--config",
-            str(conf),
-        ],
-        stdout=log,
-        stderr=log,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    log.close()
-    wait_port(api, 30)
-    return p
+    return spawn_serve(conf, tmp / f"{name}.log", api)
 
 
 def test_a_shared_member_sigkilled_for_good_strands_nothing(

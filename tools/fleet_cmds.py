@@ -354,14 +354,7 @@ def command(
 ) -> None:
     """Send a signed command to DEVICE and wait for its ACK (needs an operator's token). A job
     of one device: an offline DEVICE gets it when it reconnects within --ttl."""
-    args: dict[str, Any] = {}
-    if op == "set-config":
-        if interval is not None:
-            args[str(M.G_INTERVAL)] = interval
-        if batch is not None:
-            args[str(M.G_BATCH)] = batch
-        if not args:
-            raise click.UsageError("set-config needs --interval and/or --batch")
+    args = command_args(op, interval, batch)
     out = ApiClient(api, timeout=wait + 30).post(
         f"/api/devices/{device}/commands", {"op": op, "args": args, "ttl": ttl, "wait": wait}
     )
@@ -416,3 +409,17 @@ def quarantine_replay(api: str | None, ids: tuple[int, ...]) -> None:
     out = ApiClient(api).post("/api/quarantine/replay", {"ids": list(ids)} if ids else {})
     for outcome, v in out.items():
         click.echo(f"{outcome}: {v['count']}" + (f" (ids {v['ids']})" if v["ids"] else ""))
+
+
+def command_args(op: str, interval: int | None, batch: int | None) -> dict[str, Any]:
+    """A command's args as the API takes them ({field number: value}); set-config needs at least
+    one setting (click.UsageError otherwise). Shared by `command` and `job create`."""
+    args: dict[str, Any] = {}
+    if op == "set-config":
+        if interval is not None:
+            args[str(M.G_INTERVAL)] = interval
+        if batch is not None:
+            args[str(M.G_BATCH)] = batch
+        if not args:
+            raise click.UsageError("set-config needs --interval and/or --batch")
+    return args

@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from protocol import messages as M
 from tools.api_client import ApiClient
 from tools.errors import CliError
+from tools.fleet_cmds import command_args
 from tools.options import api_option
 
 _OPS = ("ping", "reboot", "diagnostics", "set-config")
@@ -85,14 +85,7 @@ def create(
     as_json: bool,
 ) -> None:
     """Send OP to every device the selector names (needs an operator's token)."""
-    args: dict[str, Any] = {}
-    if op == "set-config":
-        if interval is not None:
-            args[str(M.G_INTERVAL)] = interval
-        if batch is not None:
-            args[str(M.G_BATCH)] = batch
-        if not args:
-            raise click.UsageError("set-config needs --interval and/or --batch")
+    args = command_args(op, interval, batch)
     selector: dict[str, Any] = {"devices": list(devices), "tags": _tags(tags)}
     for k, v in (("zone", zone), ("site", site), ("kind", kind), ("version", version)):
         if v is not None:

@@ -4,6 +4,8 @@ broker with plain blocking code and stop the controller as SIGTERM would."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -93,3 +95,28 @@ class ControllerThread:
 
 def sqlite_config(tmp: Path) -> StoreConfig:
     return StoreConfig(backend="sqlite", path=str(tmp / "idu.sqlite"))
+
+
+def spawn_serve(conf: Path, log_path: Path, api_port: int) -> subprocess.Popen[bytes]:
+    """`idufleet serve --config conf` as its own process (its own session, so a test can SIGTERM
+    or SIGKILL it alone), output to log_path; returns once its API port accepts connections."""
+    from tests.support.broker import wait_port
+
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from tools.cli import main; main()",
+            "serve",
+            "--config",
+            str(conf),
+        ],
+        stdout=log,
+        stderr=log,
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,
+    )
+    log.close()
+    wait_port(api_port, 30)
+    return p

@@ -12,7 +12,6 @@ from __future__ import annotations
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,9 +30,9 @@ from controller.store import open_store
 from protocol import messages as M
 from tests.controller.conftest import drop, raw_sql, store_config
 from tests.controller.devsim import SimDevice, wait_for
-from tests.controller.harness import ControllerThread, make_config
+from tests.controller.harness import ControllerThread, make_config, spawn_serve
 from tests.controller.test_service import http, register
-from tests.support.broker import Broker, free_port, wait_port
+from tests.support.broker import Broker, free_port
 from tests.support.postgres import PostgresCluster
 from tools.cli import cli
 
@@ -400,24 +399,7 @@ def _serve(tmp: Path, broker: int, db: str, key: Path, api: int) -> subprocess.P
         "[health]\ncommit_stale_s = 0.3\n"
         '[log]\nlevel = "warning"\n'
     )
-    log = open(tmp / "serve.log", "ab")  # noqa: SIM115 - handed to the child
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from tools.cli import main; main()",
-            "serve",
-            "--config",
-            str(conf),
-        ],
-        stdout=log,
-        stderr=log,
-        cwd=Path(__file__).resolve().parents[2],
-        start_new_session=True,
-    )
-    log.close()
-    wait_port(api, 30)
-    return p
+    return spawn_serve(conf, tmp / "serve.log", api)
 
 
 def test_sigterm_of_idufleet_serve_with_a_hung_store_is_bounded_and_loses_nothing(
